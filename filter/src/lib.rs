@@ -1,0 +1,1 @@
+//! Envoy dynamic-module filter (being written).

@@ -1,0 +1,1 @@
+//! Helpers for the gateway integration tests (being written).
