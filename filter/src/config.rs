@@ -1,0 +1,360 @@
+//! Filter configuration: the JSON that Envoy passes to `on_http_filter_config_new` (from a
+//! `google.protobuf.Struct`, or a `StringValue`/`BytesValue` holding JSON). Everything is
+//! validated at load time; a bad config is rejected with a message naming the problem, and Envoy
+//! then refuses the listener.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::identify::IdentifyConfig;
+use crate::route::{Route, RouteError, RouteSpec};
+
+/// Why a filter config was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("filter config is not valid JSON for sandbox_gateway: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("filter config is not UTF-8")]
+    NotUtf8,
+    #[error("{field} must be {what}, got {value:?}")]
+    Invalid {
+        field: &'static str,
+        what: &'static str,
+        value: String,
+    },
+    #[error("{0} and {1} must differ")]
+    SameHeader(&'static str, &'static str),
+    #[error("routes and routes_file are mutually exclusive")]
+    TwoRouteSources,
+    #[error("route #{index} ({id}): {source}")]
+    Route {
+        index: usize,
+        id: String,
+        source: RouteError,
+    },
+    #[error("route id {0:?} appears twice")]
+    DuplicateRoute(String),
+    #[error("cannot read routes_file {path:?}: {source}")]
+    RoutesFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("routes_file {path:?} is not a JSON array of routes: {source}")]
+    RoutesFileJson {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+}
+
+fn default_table() -> String {
+    "default".into()
+}
+fn default_sandbox_header() -> String {
+    "e2b-sandbox-id".into()
+}
+fn default_port_header() -> String {
+    "e2b-sandbox-port".into()
+}
+fn default_port() -> u16 {
+    crate::ENVD_PORT
+}
+fn default_path_prefix() -> String {
+    "/kruise".into()
+}
+fn default_access_token_header() -> String {
+    "x-access-token".into()
+}
+fn default_traffic_token_header() -> String {
+    "e2b-traffic-access-token".into()
+}
+fn default_sandbox_cluster() -> String {
+    "sandboxes".into()
+}
+fn default_metadata_namespace() -> String {
+    "envoy.lb.original_dst".into()
+}
+fn default_metadata_key() -> String {
+    "host".into()
+}
+
+/// The JSON document, field by field. Unknown fields are errors, so typos do not go unnoticed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    /// Name of the process-wide route table this filter reads.
+    #[serde(default = "default_table")]
+    table: String,
+    #[serde(default = "default_sandbox_header")]
+    sandbox_header: String,
+    #[serde(default = "default_port_header")]
+    port_header: String,
+    /// Port used when only the sandbox id header is given.
+    #[serde(default = "default_port")]
+    default_port: u16,
+    /// The envd port: `X-Access-Token` is checked there, the traffic token everywhere else.
+    #[serde(default = "default_port")]
+    envd_port: u16,
+    #[serde(default = "default_path_prefix")]
+    path_prefix: String,
+    #[serde(default = "default_access_token_header")]
+    access_token_header: String,
+    #[serde(default = "default_traffic_token_header")]
+    traffic_token_header: String,
+    /// The ORIGINAL_DST cluster that carries sandbox traffic. A request routed to it that names no
+    /// sandbox is answered 400 (forwarding it would loop back into the gateway).
+    #[serde(default = "default_sandbox_cluster")]
+    sandbox_cluster: String,
+    #[serde(default = "default_metadata_namespace")]
+    metadata_namespace: String,
+    #[serde(default = "default_metadata_key")]
+    metadata_key: String,
+    /// Static routes; the table counts as synced once they are loaded.
+    #[serde(default)]
+    routes: Option<Vec<RouteSpec>>,
+    /// Static routes from a JSON file (an array of routes), for large tables.
+    #[serde(default)]
+    routes_file: Option<PathBuf>,
+}
+
+/// Where the table gets its routes from.
+#[derive(Debug)]
+pub enum RouteSource {
+    /// Nothing yet: the table stays unsynced and sandbox requests get 503.
+    None,
+    /// A fixed list from the config (validated).
+    Static(Vec<(String, Route)>),
+}
+
+/// A validated filter configuration.
+#[derive(Debug)]
+pub struct GatewayConfig {
+    pub table: String,
+    pub identify: IdentifyConfig,
+    pub envd_port: u16,
+    pub access_token_header: String,
+    pub traffic_token_header: String,
+    pub sandbox_cluster: String,
+    pub metadata_namespace: String,
+    pub metadata_key: String,
+    pub routes: RouteSource,
+}
+
+fn valid_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || matches!(
+                    b,
+                    b'-' | b'_'
+                        | b'.'
+                        | b'!'
+                        | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'^'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+fn check_header(field: &'static str, value: &str) -> Result<(), ConfigError> {
+    if valid_header_name(value) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            field,
+            what: "a lower-case HTTP header name (no pseudo-headers)",
+            value: value.to_string(),
+        })
+    }
+}
+
+fn check_nonzero_port(field: &'static str, value: u16) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::Invalid {
+            field,
+            what: "a port between 1 and 65535",
+            value: "0".into(),
+        });
+    }
+    Ok(())
+}
+
+fn convert_routes(specs: Vec<RouteSpec>) -> Result<Vec<(String, Route)>, ConfigError> {
+    let mut seen = HashSet::with_capacity(specs.len());
+    let mut out = Vec::with_capacity(specs.len());
+    for (index, spec) in specs.into_iter().enumerate() {
+        let id = spec.id.clone();
+        let (id, route) =
+            spec.into_route()
+                .map_err(|source| ConfigError::Route { index, id, source })?;
+        if !seen.insert(id.clone()) {
+            return Err(ConfigError::DuplicateRoute(id));
+        }
+        out.push((id, route));
+    }
+    Ok(out)
+}
+
+impl GatewayConfig {
+    /// Parses and validates the bytes Envoy hands over. Empty input means all defaults.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| ConfigError::NotUtf8)?;
+        let raw: RawConfig = if text.trim().is_empty() {
+            serde_json::from_str("{}")?
+        } else {
+            serde_json::from_str(text)?
+        };
+
+        for (field, value) in [
+            ("sandbox_header", &raw.sandbox_header),
+            ("port_header", &raw.port_header),
+            ("access_token_header", &raw.access_token_header),
+            ("traffic_token_header", &raw.traffic_token_header),
+        ] {
+            check_header(field, value)?;
+        }
+        if raw.sandbox_header == raw.port_header {
+            return Err(ConfigError::SameHeader("sandbox_header", "port_header"));
+        }
+        if raw.access_token_header == raw.traffic_token_header {
+            return Err(ConfigError::SameHeader(
+                "access_token_header",
+                "traffic_token_header",
+            ));
+        }
+        check_nonzero_port("default_port", raw.default_port)?;
+        check_nonzero_port("envd_port", raw.envd_port)?;
+        if !raw.path_prefix.starts_with('/')
+            || raw.path_prefix.ends_with('/')
+            || raw.path_prefix.contains('?')
+        {
+            return Err(ConfigError::Invalid {
+                field: "path_prefix",
+                what: "a path starting with '/' and not ending with '/'",
+                value: raw.path_prefix,
+            });
+        }
+        for (field, value) in [
+            ("table", &raw.table),
+            ("sandbox_cluster", &raw.sandbox_cluster),
+            ("metadata_namespace", &raw.metadata_namespace),
+            ("metadata_key", &raw.metadata_key),
+        ] {
+            if value.is_empty() {
+                return Err(ConfigError::Invalid {
+                    field,
+                    what: "non-empty",
+                    value: String::new(),
+                });
+            }
+        }
+
+        let routes = match (raw.routes, raw.routes_file) {
+            (Some(_), Some(_)) => return Err(ConfigError::TwoRouteSources),
+            (Some(specs), None) => RouteSource::Static(convert_routes(specs)?),
+            (None, Some(path)) => {
+                let data = std::fs::read(&path).map_err(|source| ConfigError::RoutesFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                let specs: Vec<RouteSpec> = serde_json::from_slice(&data)
+                    .map_err(|source| ConfigError::RoutesFileJson { path, source })?;
+                RouteSource::Static(convert_routes(specs)?)
+            }
+            (None, None) => RouteSource::None,
+        };
+
+        Ok(GatewayConfig {
+            table: raw.table,
+            identify: IdentifyConfig {
+                sandbox_header: raw.sandbox_header,
+                port_header: raw.port_header,
+                default_port: raw.default_port,
+                path_prefix: raw.path_prefix,
+            },
+            envd_port: raw.envd_port,
+            access_token_header: raw.access_token_header,
+            traffic_token_header: raw.traffic_token_header,
+            sandbox_cluster: raw.sandbox_cluster,
+            metadata_namespace: raw.metadata_namespace,
+            metadata_key: raw.metadata_key,
+            routes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_all_defaults_without_routes() {
+        let c = GatewayConfig::parse(b"").unwrap();
+        assert_eq!(c.table, "default");
+        assert_eq!(c.identify.default_port, 49983);
+        assert_eq!(c.envd_port, 49983);
+        assert_eq!(c.sandbox_cluster, "sandboxes");
+        assert!(matches!(c.routes, RouteSource::None));
+        let c = GatewayConfig::parse(b"{}").unwrap();
+        assert!(matches!(c.routes, RouteSource::None));
+    }
+
+    #[test]
+    fn static_routes_are_validated() {
+        let ok = br#"{"routes":[{"id":"a","namespace":"ns","name":"a","uid":"u","resourceVersion":"3","ip":"127.0.0.1","state":"running"}]}"#;
+        let c = GatewayConfig::parse(ok).unwrap();
+        assert!(matches!(c.routes, RouteSource::Static(ref v) if v.len() == 1));
+
+        let dup = br#"{"routes":[
+            {"id":"a","namespace":"ns","name":"a","uid":"u","resourceVersion":"3","ip":"127.0.0.1","state":"running"},
+            {"id":"a","namespace":"ns","name":"b","uid":"v","resourceVersion":"4","ip":"127.0.0.2","state":"running"}]}"#;
+        assert!(matches!(
+            GatewayConfig::parse(dup),
+            Err(ConfigError::DuplicateRoute(_))
+        ));
+
+        let bad_rv = br#"{"routes":[{"id":"a","namespace":"ns","name":"a","uid":"u","resourceVersion":"0","ip":"127.0.0.1","state":"running"}]}"#;
+        let e = GatewayConfig::parse(bad_rv).unwrap_err().to_string();
+        assert!(
+            e.contains("route #0 (a)") && e.contains("resourceVersion"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"{", "not valid JSON"),
+            (br#"{"tabel":"x"}"#, "unknown field `tabel`"),
+            (br#"{"default_port":0}"#, "default_port must be a port"),
+            (br#"{"default_port":70000}"#, "not valid JSON"),
+            (br#"{"sandbox_header":"E2B-Sandbox-Id"}"#, "sandbox_header must be a lower-case"),
+            (br#"{"sandbox_header":":authority"}"#, "sandbox_header must be a lower-case"),
+            (br#"{"traffic_token_header":"x-access-token"}"#, "must differ"),
+            (br#"{"path_prefix":"kruise"}"#, "path_prefix"),
+            (br#"{"routes":[],"routes_file":"/x"}"#, "mutually exclusive"),
+            (br#"{"routes_file":"/nonexistent/routes.json"}"#, "cannot read routes_file"),
+            (br#"{"routes":[{"id":"a"}]}"#, "missing field"),
+            (br#"{"routes":[{"id":"a","namespace":"n","name":"a","uid":"u","resourceVersion":"1","state":"sleeping"}]}"#, "unknown variant"),
+            (b"\xff", "not UTF-8"),
+        ];
+        for (input, expect) in cases {
+            let e = GatewayConfig::parse(input).unwrap_err().to_string();
+            assert!(
+                e.contains(expect),
+                "{:?}: {e}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+}

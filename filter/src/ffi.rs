@@ -1,0 +1,313 @@
+//! Safe wrappers over the raw callbacks in [`crate::abi`]. Together with `hooks` this is the
+//! only place with `unsafe`; each block states why it is sound.
+//!
+//! Lifetimes: a header slice returned by Envoy is valid until the hook returns or a header
+//! setter is called on the same stream. [`EnvoyStream`] encodes that in the borrow checker:
+//! header getters, metadata and stats take `&self`; header setters and local replies need
+//! `&mut self`; the stream handle itself never outlives the hook.
+
+use std::ffi::c_void;
+
+use crate::abi::{
+    self, ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr, ModuleBuffer, ModuleHttpHeader,
+    ModuleKeyValue,
+};
+use crate::gateway::RequestView;
+use crate::identify::HeaderField;
+
+/// Envoy's log levels, as the module uses them.
+#[derive(Debug, Clone, Copy)]
+pub enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    fn raw(self) -> i32 {
+        match self {
+            Level::Trace => abi::LOG_TRACE,
+            Level::Debug => abi::LOG_DEBUG,
+            Level::Info => abi::LOG_INFO,
+            Level::Warn => abi::LOG_WARN,
+            Level::Error => abi::LOG_ERROR,
+        }
+    }
+}
+
+/// True when a message at `level` would be written (so callers skip formatting otherwise).
+pub fn log_enabled(level: Level) -> bool {
+    // SAFETY: takes a plain integer; callable from any thread.
+    unsafe { abi::envoy_dynamic_module_callback_log_enabled(level.raw()) }
+}
+
+/// Writes to Envoy's log under the `dynamic_modules` logger, prefixed with the module name.
+pub fn log(level: Level, message: &str) {
+    if !log_enabled(level) {
+        return;
+    }
+    let line = format!("sandbox_gateway: {message}");
+    // SAFETY: the buffer points into `line`, which outlives the call; Envoy copies it.
+    unsafe {
+        abi::envoy_dynamic_module_callback_log(
+            level.raw(),
+            ModuleBuffer::from_bytes(line.as_bytes()),
+        )
+    }
+}
+
+/// Converts an Envoy-owned buffer into a slice tied to `'a`.
+///
+/// # Safety
+/// `buf` must come from Envoy for the current hook and stay valid for `'a` (i.e. until the hook
+/// returns or a setter is called on the same stream).
+unsafe fn envoy_slice<'a>(buf: EnvoyBuffer) -> &'a [u8] {
+    if buf.ptr.is_null() || buf.length == 0 {
+        return &[];
+    }
+    // SAFETY: non-null, `length` bytes owned by Envoy and valid for 'a per this fn's contract.
+    unsafe { std::slice::from_raw_parts(buf.ptr.cast::<u8>(), buf.length) }
+}
+
+/// The filter-config handle Envoy passes to `config_new` (main thread only while defining).
+#[derive(Debug, Clone, Copy)]
+pub struct EnvoyConfig {
+    ptr: ConfigEnvoyPtr,
+}
+
+impl EnvoyConfig {
+    /// # Safety
+    /// `ptr` must be the `filter_config_envoy_ptr` Envoy passed to `config_new`; the handle must
+    /// only be used while that config is alive.
+    pub unsafe fn from_raw(ptr: *mut c_void) -> Self {
+        EnvoyConfig { ptr }
+    }
+
+    /// Defines a counter with the given label names; `None` if Envoy refused.
+    pub fn define_counter(&self, name: &str, labels: &[&str]) -> Option<usize> {
+        let labels: Vec<ModuleBuffer> = labels
+            .iter()
+            .map(|l| ModuleBuffer::from_bytes(l.as_bytes()))
+            .collect();
+        let mut id = 0usize;
+        // SAFETY: `self.ptr` is valid during config_new (type contract); name/labels point into
+        // live Rust memory for the duration of the call; `id` is a valid out-pointer.
+        let rc = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_define_counter(
+                self.ptr,
+                ModuleBuffer::from_bytes(name.as_bytes()),
+                labels.as_ptr(),
+                labels.len(),
+                &mut id,
+            )
+        };
+        (rc == abi::METRICS_SUCCESS).then_some(id)
+    }
+
+    /// Defines a gauge without labels; `None` if Envoy refused.
+    pub fn define_gauge(&self, name: &str) -> Option<usize> {
+        let mut id = 0usize;
+        // SAFETY: as for `define_counter`, with no labels.
+        let rc = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_define_gauge(
+                self.ptr,
+                ModuleBuffer::from_bytes(name.as_bytes()),
+                std::ptr::null(),
+                0,
+                &mut id,
+            )
+        };
+        (rc == abi::METRICS_SUCCESS).then_some(id)
+    }
+
+    /// Sets a gauge defined on this config.
+    pub fn set_gauge(&self, id: usize, value: u64) {
+        // SAFETY: `self.ptr` is a live config (type contract); no labels are passed.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_set_gauge(
+                self.ptr,
+                id,
+                std::ptr::null(),
+                0,
+                value,
+            );
+        }
+    }
+}
+
+/// One HTTP stream, valid for the duration of a single hook call.
+#[derive(Debug)]
+pub struct EnvoyStream {
+    ptr: FilterEnvoyPtr,
+}
+
+impl EnvoyStream {
+    /// # Safety
+    /// `ptr` must be the `filter_envoy_ptr` of the hook being run, and the value must not outlive
+    /// that hook call.
+    pub unsafe fn from_raw(ptr: *mut c_void) -> Self {
+        EnvoyStream { ptr }
+    }
+
+    /// All values of a request header, as absent / one / repeated.
+    pub fn request_header(&self, name: &str) -> HeaderField<'_> {
+        let mut buf = EnvoyBuffer::empty();
+        let mut count = 0usize;
+        // SAFETY: `self.ptr` is the live stream (constructor contract); the key points into
+        // `name` for the call; `buf` and `count` are valid out-pointers.
+        let found = unsafe {
+            abi::envoy_dynamic_module_callback_http_get_header(
+                self.ptr,
+                abi::HEADER_TYPE_REQUEST,
+                ModuleBuffer::from_bytes(name.as_bytes()),
+                &mut buf,
+                0,
+                &mut count,
+            )
+        };
+        match (found, count) {
+            (false, _) | (true, 0) => HeaderField::Absent,
+            // SAFETY: Envoy returned this buffer for the current hook; the result borrows `self`,
+            // so no setter (which needs `&mut self`) can run while it is alive.
+            (true, 1) => HeaderField::One(unsafe { envoy_slice(buf) }),
+            _ => HeaderField::Repeated,
+        }
+    }
+
+    /// Replaces all values of a request header.
+    pub fn set_request_header(&mut self, name: &str, value: &[u8]) -> bool {
+        // SAFETY: live stream; key and value point into live Rust memory and Envoy copies them.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_set_header(
+                self.ptr,
+                abi::HEADER_TYPE_REQUEST,
+                ModuleBuffer::from_bytes(name.as_bytes()),
+                ModuleBuffer::from_bytes(value),
+            )
+        }
+    }
+
+    /// Removes a request header (the ABI removes when the value pointer is NULL).
+    pub fn remove_request_header(&mut self, name: &str) {
+        // SAFETY: live stream; a NULL value buffer is the documented way to remove a header.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_set_header(
+                self.ptr,
+                abi::HEADER_TYPE_REQUEST,
+                ModuleBuffer::from_bytes(name.as_bytes()),
+                ModuleBuffer::null(),
+            );
+        }
+    }
+
+    /// Sets string entries in one namespace of the stream's dynamic metadata (one callback).
+    /// Metadata lives apart from the header map, so header slices stay valid (`&self`).
+    pub fn set_dynamic_metadata(&self, namespace: &str, entries: &[(&str, &str)]) {
+        let mut raw = [ModuleKeyValue {
+            key_ptr: std::ptr::null(),
+            key_length: 0,
+            value_ptr: std::ptr::null(),
+            value_length: 0,
+        }; 4];
+        let n = entries.len().min(raw.len());
+        for (slot, (k, v)) in raw.iter_mut().zip(entries) {
+            *slot = ModuleKeyValue {
+                key_ptr: k.as_ptr().cast(),
+                key_length: k.len(),
+                value_ptr: v.as_ptr().cast(),
+                value_length: v.len(),
+            };
+        }
+        // SAFETY: live stream; the namespace and `raw[..n]` point into memory that outlives the
+        // call, and Envoy copies the strings into the metadata struct.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_set_dynamic_metadata_string_batch(
+                self.ptr,
+                ModuleBuffer::from_bytes(namespace.as_bytes()),
+                raw.as_ptr(),
+                n,
+            );
+        }
+    }
+
+    /// Sends a complete local reply. The caller must then stop iteration.
+    pub fn send_response(
+        &mut self,
+        status: u16,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+        details: &str,
+    ) {
+        let headers: Vec<ModuleHttpHeader> = headers
+            .iter()
+            .map(|(k, v)| ModuleHttpHeader {
+                key_ptr: k.as_ptr().cast(),
+                key_length: k.len(),
+                value_ptr: v.as_ptr().cast(),
+                value_length: v.len(),
+            })
+            .collect();
+        // SAFETY: live stream; the header array, body and details point into memory that lives
+        // until after the call, and Envoy copies what it keeps.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_send_response(
+                self.ptr,
+                u32::from(status),
+                headers.as_ptr(),
+                headers.len(),
+                ModuleBuffer::from_bytes(body),
+                ModuleBuffer::from_bytes(details.as_bytes()),
+            );
+        }
+    }
+
+    /// Increments a counter defined on this stream's config.
+    pub fn increment_counter(&self, id: usize, labels: &[&str], value: u64) {
+        let mut raw = [ModuleBuffer::null(); 4];
+        let n = labels.len().min(raw.len());
+        for (slot, l) in raw.iter_mut().zip(labels) {
+            *slot = ModuleBuffer::from_bytes(l.as_bytes());
+        }
+        // SAFETY: live stream; `raw[..n]` points into the caller's label strings for the call.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_increment_counter(
+                self.ptr,
+                id,
+                raw.as_ptr(),
+                n,
+                value,
+            );
+        }
+    }
+
+    /// Sets a label-less gauge defined on this stream's config.
+    pub fn set_gauge(&self, id: usize, value: u64) {
+        // SAFETY: live stream; no labels.
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_set_gauge(
+                self.ptr,
+                id,
+                std::ptr::null(),
+                0,
+                value,
+            );
+        }
+    }
+}
+
+impl RequestView for EnvoyStream {
+    fn header(&self, name: &str) -> HeaderField<'_> {
+        self.request_header(name)
+    }
+
+    fn routed_cluster(&self) -> Option<&[u8]> {
+        let mut buf = EnvoyBuffer::empty();
+        // SAFETY: live stream; `buf` is a valid out-pointer.
+        let found =
+            unsafe { abi::envoy_dynamic_module_callback_http_get_cluster_name(self.ptr, &mut buf) };
+        // SAFETY: the buffer belongs to the current hook and the slice borrows `self`.
+        found.then(|| unsafe { envoy_slice(buf) })
+    }
+}

@@ -1,0 +1,453 @@
+//! The hooks Envoy 1.40 resolves in the module (all of them are mandatory for an HTTP filter),
+//! and the glue from each hook to the plain-Rust [`Gateway`].
+//!
+//! Every hook body runs inside [`contain`], so a panic is logged and turned into a safe result
+//! (reject the config, answer 500, or continue) instead of unwinding into Envoy.
+//!
+//! Streams carry no per-stream state: the whole decision happens in `request_headers`, so
+//! `on_http_filter_new` hands back the (non-null) config pointer itself and nothing is allocated
+//! per request.
+
+use std::ffi::{c_char, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::abi::{self, EnvoyBuffer};
+use crate::config::{GatewayConfig, RouteSource};
+use crate::ffi::{self, EnvoyConfig, EnvoyStream, Level};
+use crate::gateway::{Decision, Gateway, Outcome, internal_error};
+use crate::table::RouteTable;
+
+/// Name of the request counter (label `outcome`) and the route-table gauge.
+pub const REQUESTS_COUNTER: &str = "gateway_requests";
+pub const ROUTES_GAUGE: &str = "gateway_routes";
+
+/// The header a client could use to pick an arbitrary upstream on an ORIGINAL_DST cluster.
+const ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
+
+/// Everything one `filter_config` needs at request time; shared by all workers.
+struct FilterConfig {
+    gateway: Gateway,
+    requests: Option<usize>,
+    routes_gauge: Option<usize>,
+    published_generation: AtomicU64,
+}
+
+/// Runs `f`, turning a panic into `fallback` and an error log line.
+pub(crate) fn contain<R>(what: &str, fallback: impl FnOnce() -> R, f: impl FnOnce() -> R) -> R {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".into());
+            // Logging itself must not unwind either.
+            let _ = catch_unwind(|| ffi::log(Level::Error, &format!("panic in {what}: {msg}")));
+            fallback()
+        }
+    }
+}
+
+/// # Safety
+/// `buf` must be an Envoy buffer valid for the duration of the current hook.
+unsafe fn hook_bytes<'a>(buf: EnvoyBuffer) -> &'a [u8] {
+    if buf.ptr.is_null() || buf.length == 0 {
+        return &[];
+    }
+    // SAFETY: per this function's contract.
+    unsafe { std::slice::from_raw_parts(buf.ptr.cast::<u8>(), buf.length) }
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
+    abi::ABI_VERSION.as_ptr().cast()
+}
+
+fn new_config(envoy: EnvoyConfig, name: &[u8], raw: &[u8]) -> Result<FilterConfig, String> {
+    let name = String::from_utf8_lossy(name);
+    let config =
+        GatewayConfig::parse(raw).map_err(|e| format!("filter {name:?}: invalid config: {e}"))?;
+    let table = RouteTable::named(&config.table);
+    match &config.routes {
+        RouteSource::Static(routes) => {
+            table.replace_all(routes.iter().cloned());
+            ffi::log(
+                Level::Info,
+                &format!(
+                    "filter {name:?}: table {:?} loaded with {} static routes",
+                    config.table,
+                    table.len()
+                ),
+            );
+        }
+        RouteSource::None => ffi::log(
+            Level::Warn,
+            &format!(
+                "filter {name:?}: no route source configured for table {:?}; requests for sandboxes get 503 until it is synced",
+                config.table
+            ),
+        ),
+    }
+    let labels = ["outcome"];
+    let requests = envoy.define_counter(REQUESTS_COUNTER, &labels);
+    let routes_gauge = envoy.define_gauge(ROUTES_GAUGE);
+    if requests.is_none() || routes_gauge.is_none() {
+        ffi::log(
+            Level::Warn,
+            &format!("filter {name:?}: Envoy refused to define the module's stats"),
+        );
+    }
+    let generation = table.generation();
+    if let Some(id) = routes_gauge {
+        envoy.set_gauge(id, table.len() as u64);
+    }
+    Ok(FilterConfig {
+        gateway: Gateway::new(config, table),
+        requests,
+        routes_gauge,
+        published_generation: AtomicU64::new(generation),
+    })
+}
+
+/// # Safety
+/// Called by Envoy with its config handle and buffers valid for the duration of the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    filter_config_envoy_ptr: *mut c_void,
+    name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    contain("http_filter_config_new", std::ptr::null, || {
+        // SAFETY: Envoy passes buffers valid for this call and the config handle it owns.
+        let (envoy, name, raw) = unsafe {
+            (
+                EnvoyConfig::from_raw(filter_config_envoy_ptr),
+                hook_bytes(name),
+                hook_bytes(config),
+            )
+        };
+        match new_config(envoy, name, raw) {
+            Ok(cfg) => Box::into_raw(Box::new(cfg)) as *const c_void,
+            Err(msg) => {
+                // Envoy only says "Failed to initialize dynamic module"; this line says why.
+                ffi::log(Level::Error, &msg);
+                std::ptr::null()
+            }
+        }
+    })
+}
+
+/// # Safety
+/// Called by Envoy once per config with the pointer `config_new` returned.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(
+    filter_config_ptr: *const c_void,
+) {
+    contain(
+        "http_filter_config_destroy",
+        || (),
+        || {
+            if !filter_config_ptr.is_null() {
+                // SAFETY: the pointer came from Box::into_raw in config_new and Envoy destroys each
+                // config exactly once, after its last stream.
+                drop(unsafe { Box::from_raw(filter_config_ptr as *mut FilterConfig) });
+            }
+        },
+    )
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
+    filter_config_ptr: *const c_void,
+    _filter_envoy_ptr: *mut c_void,
+) -> *const c_void {
+    // No per-stream state (see the module docs): the config pointer doubles as the stream's.
+    filter_config_ptr
+}
+
+fn apply(cfg: &FilterConfig, stream: &mut EnvoyStream) -> i32 {
+    // Never let a client choose the upstream through Envoy's ORIGINAL_DST header.
+    stream.remove_request_header(ORIGINAL_DST_HEADER);
+    let gw = &cfg.gateway.config;
+    let decision = cfg.gateway.decide(&*stream);
+    let outcome = decision.outcome();
+    let status = match decision {
+        Decision::Forward {
+            sandbox_id,
+            upstream,
+            rewrite_path,
+            strip_traffic_token,
+        } => {
+            // The id also feeds the access log and the "port is not open" reply (see envoy/).
+            stream.set_dynamic_metadata(
+                &gw.metadata_namespace,
+                &[
+                    (&gw.metadata_key, upstream.as_str()),
+                    ("sandbox_id", sandbox_id),
+                ],
+            );
+            if let Some(path) = rewrite_path {
+                // Pin the route chosen for the original path before changing it.
+                let _ = crate::gateway::RequestView::routed_cluster(&*stream);
+                stream.set_request_header(":path", path.as_bytes());
+            }
+            if strip_traffic_token {
+                stream.remove_request_header(&gw.traffic_token_header);
+            }
+            if ffi::log_enabled(Level::Debug) {
+                ffi::log(Level::Debug, &format!("routed to {upstream:?}"));
+            }
+            abi::HEADERS_STATUS_CONTINUE
+        }
+        Decision::Reply(reply) => {
+            if ffi::log_enabled(Level::Debug) {
+                ffi::log(
+                    Level::Debug,
+                    &format!("local reply {} ({})", reply.status, reply.details),
+                );
+            }
+            stream.send_response(
+                reply.status,
+                &[("content-type", b"application/json")],
+                reply.body.as_bytes(),
+                reply.details,
+            );
+            abi::HEADERS_STATUS_STOP_ITERATION
+        }
+        Decision::PassThrough => abi::HEADERS_STATUS_CONTINUE,
+    };
+    count(cfg, stream, outcome);
+    status
+}
+
+fn count(cfg: &FilterConfig, stream: &EnvoyStream, outcome: Outcome) {
+    if let Some(id) = cfg.requests {
+        stream.increment_counter(id, &[outcome.label()], 1);
+    }
+    if let Some(id) = cfg.routes_gauge {
+        let generation = cfg.gateway.table.generation();
+        if cfg.published_generation.swap(generation, Ordering::Relaxed) != generation {
+            stream.set_gauge(id, cfg.gateway.table.len() as u64);
+        }
+    }
+}
+
+/// # Safety
+/// Called by Envoy on the stream's worker with the stream handle and the pointer returned by
+/// `on_http_filter_new`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    filter_envoy_ptr: *mut c_void,
+    filter_module_ptr: *const c_void,
+    _end_of_stream: bool,
+) -> i32 {
+    // SAFETY: `filter_module_ptr` is the FilterConfig pointer returned by `on_http_filter_new`,
+    // alive while the stream is (Envoy's filter holds its config); `filter_envoy_ptr` is this
+    // stream, used only during this call.
+    let (cfg, mut stream) = unsafe {
+        (
+            &*(filter_module_ptr as *const FilterConfig),
+            EnvoyStream::from_raw(filter_envoy_ptr),
+        )
+    };
+    contain(
+        "http_filter_request_headers",
+        || {
+            // SAFETY: same stream, still within this hook.
+            let mut stream = unsafe { EnvoyStream::from_raw(filter_envoy_ptr) };
+            let reply = internal_error();
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                stream.send_response(
+                    reply.status,
+                    &[("content-type", b"application/json")],
+                    reply.body.as_bytes(),
+                    reply.details,
+                );
+                count(cfg, &stream, reply.outcome);
+            }));
+            abi::HEADERS_STATUS_STOP_ITERATION
+        },
+        || apply(cfg, &mut stream),
+    )
+}
+
+// The remaining hooks are mandatory in Envoy 1.40 but have nothing to do for this filter.
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    _: *mut c_void,
+    _: *const c_void,
+    _: bool,
+) -> i32 {
+    abi::STATUS_CONTINUE
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    _: *mut c_void,
+    _: *const c_void,
+) -> i32 {
+    abi::STATUS_CONTINUE
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    _: *mut c_void,
+    _: *const c_void,
+    _: bool,
+) -> i32 {
+    abi::STATUS_CONTINUE
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    _: *mut c_void,
+    _: *const c_void,
+    _: bool,
+) -> i32 {
+    abi::STATUS_CONTINUE
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    _: *mut c_void,
+    _: *const c_void,
+) -> i32 {
+    abi::STATUS_CONTINUE
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
+    _: *mut c_void,
+    _: *const c_void,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(_filter_module_ptr: *const c_void) {
+    // The stream pointer is the config's (see `on_http_filter_new`); nothing to free.
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    _: *mut c_void,
+    _: *const c_void,
+    _: u64,
+    _: i32,
+    _: *mut c_void,
+    _: usize,
+    _: *mut c_void,
+    _: usize,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _: *mut c_void,
+    _: *const c_void,
+    _: u64,
+    _: *mut c_void,
+    _: usize,
+    _: bool,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _: *mut c_void,
+    _: *const c_void,
+    _: u64,
+    _: *const c_void,
+    _: usize,
+    _: bool,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _: *mut c_void,
+    _: *const c_void,
+    _: u64,
+    _: *mut c_void,
+    _: usize,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _: *mut c_void,
+    _: *const c_void,
+    _: u64,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _: *mut c_void,
+    _: *const c_void,
+    _: u64,
+    _: i32,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    _: *mut c_void,
+    _: *const c_void,
+    _: u64,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _: *mut c_void,
+    _: *const c_void,
+) {
+}
+
+#[unsafe(no_mangle)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _: *mut c_void,
+    _: *const c_void,
+) {
+}
+
+/// Names of the hooks Envoy 1.40 requires of an HTTP filter module, for the export check.
+pub const REQUIRED_HOOKS: &[&str] = &[
+    "envoy_dynamic_module_on_program_init",
+    "envoy_dynamic_module_on_http_filter_config_new",
+    "envoy_dynamic_module_on_http_filter_config_destroy",
+    "envoy_dynamic_module_on_http_filter_new",
+    "envoy_dynamic_module_on_http_filter_request_headers",
+    "envoy_dynamic_module_on_http_filter_request_body",
+    "envoy_dynamic_module_on_http_filter_request_trailers",
+    "envoy_dynamic_module_on_http_filter_response_headers",
+    "envoy_dynamic_module_on_http_filter_response_body",
+    "envoy_dynamic_module_on_http_filter_response_trailers",
+    "envoy_dynamic_module_on_http_filter_stream_complete",
+    "envoy_dynamic_module_on_http_filter_destroy",
+    "envoy_dynamic_module_on_http_filter_http_callout_done",
+    "envoy_dynamic_module_on_http_filter_http_stream_headers",
+    "envoy_dynamic_module_on_http_filter_http_stream_data",
+    "envoy_dynamic_module_on_http_filter_http_stream_trailers",
+    "envoy_dynamic_module_on_http_filter_http_stream_complete",
+    "envoy_dynamic_module_on_http_filter_http_stream_reset",
+    "envoy_dynamic_module_on_http_filter_scheduled",
+    "envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark",
+    "envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contain_turns_panics_into_the_fallback() {
+        let r = contain("test", || 7, || -> i32 { panic!("boom") });
+        assert_eq!(r, 7);
+        let r = contain("test", || 7, || 3);
+        assert_eq!(r, 3);
+    }
+}
