@@ -95,7 +95,8 @@ pub type FilterEnvoyPtr = *mut c_void;
 pub type ConfigEnvoyPtr = *mut c_void;
 
 // SAFETY (declaration block): every signature below follows `abi.h` at ABI `v0.2.0`, and each
-// symbol is exported by the Envoy 1.40.0 binary (checked by the integration tests with `nm -D`).
+// symbol is exported by the Envoy 1.40.0 binary (tests/gateway/tests/module.rs compares the
+// module's undefined symbols with the binary's exports).
 unsafe extern "C" {
     pub fn envoy_dynamic_module_callback_log(level: i32, message: ModuleBuffer);
     pub fn envoy_dynamic_module_callback_log_enabled(level: i32) -> bool;
@@ -177,22 +178,6 @@ unsafe extern "C" {
         value: u64,
     ) -> i32;
 }
-
-/// Names of every callback declared above, for the symbol check against the Envoy binary.
-pub const IMPORTED_CALLBACKS: &[&str] = &[
-    "envoy_dynamic_module_callback_log",
-    "envoy_dynamic_module_callback_log_enabled",
-    "envoy_dynamic_module_callback_http_get_header",
-    "envoy_dynamic_module_callback_http_set_header",
-    "envoy_dynamic_module_callback_http_send_response",
-    "envoy_dynamic_module_callback_http_set_dynamic_metadata_string_batch",
-    "envoy_dynamic_module_callback_http_get_cluster_name",
-    "envoy_dynamic_module_callback_http_filter_config_define_counter",
-    "envoy_dynamic_module_callback_http_filter_config_define_gauge",
-    "envoy_dynamic_module_callback_http_filter_increment_counter",
-    "envoy_dynamic_module_callback_http_filter_config_set_gauge",
-    "envoy_dynamic_module_callback_http_filter_set_gauge",
-];
 
 /// Stand-ins for Envoy's exports so the crate's own unit-test binary links (the real symbols
 /// come from the Envoy executable at load time). They do nothing and are never part of the

@@ -16,6 +16,11 @@ use crate::route::{Route, RouteError, RouteSpec};
 pub enum ConfigError {
     #[error("filter config is not valid JSON for sandbox_gateway: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("filter config field `{path}`: {source}")]
+    Field {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("filter config is not UTF-8")]
     NotUtf8,
     #[error("{field} must be {what}, got {value:?}")]
@@ -209,11 +214,17 @@ impl GatewayConfig {
     /// Parses and validates the bytes Envoy hands over. Empty input means all defaults.
     pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
         let text = std::str::from_utf8(bytes).map_err(|_| ConfigError::NotUtf8)?;
-        let raw: RawConfig = if text.trim().is_empty() {
-            serde_json::from_str("{}")?
-        } else {
-            serde_json::from_str(text)?
-        };
+        let text = if text.trim().is_empty() { "{}" } else { text };
+        let mut de = serde_json::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let source = e.into_inner();
+            if path == "." || source.is_syntax() || source.is_eof() {
+                ConfigError::Json(source)
+            } else {
+                ConfigError::Field { path, source }
+            }
+        })?;
 
         for (field, value) in [
             ("sandbox_header", &raw.sandbox_header),
@@ -337,15 +348,16 @@ mod tests {
             (b"{", "not valid JSON"),
             (br#"{"tabel":"x"}"#, "unknown field `tabel`"),
             (br#"{"default_port":0}"#, "default_port must be a port"),
-            (br#"{"default_port":70000}"#, "not valid JSON"),
+            (br#"{"default_port":70000}"#, "field `default_port`"),
+            (br#"{"envd_port":"x"}"#, "field `envd_port`: invalid type"),
             (br#"{"sandbox_header":"E2B-Sandbox-Id"}"#, "sandbox_header must be a lower-case"),
             (br#"{"sandbox_header":":authority"}"#, "sandbox_header must be a lower-case"),
             (br#"{"traffic_token_header":"x-access-token"}"#, "must differ"),
             (br#"{"path_prefix":"kruise"}"#, "path_prefix"),
             (br#"{"routes":[],"routes_file":"/x"}"#, "mutually exclusive"),
             (br#"{"routes_file":"/nonexistent/routes.json"}"#, "cannot read routes_file"),
-            (br#"{"routes":[{"id":"a"}]}"#, "missing field"),
-            (br#"{"routes":[{"id":"a","namespace":"n","name":"a","uid":"u","resourceVersion":"1","state":"sleeping"}]}"#, "unknown variant"),
+            (br#"{"routes":[{"id":"a"}]}"#, "missing field `namespace`"),
+            (br#"{"routes":[{"id":"a","namespace":"n","name":"a","uid":"u","resourceVersion":"1","state":"sleeping"}]}"#, "field `routes[0].state`: unknown variant"),
             (b"\xff", "not UTF-8"),
         ];
         for (input, expect) in cases {

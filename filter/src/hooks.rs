@@ -414,31 +414,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buf
 ) {
 }
 
-/// Names of the hooks Envoy 1.40 requires of an HTTP filter module, for the export check.
-pub const REQUIRED_HOOKS: &[&str] = &[
-    "envoy_dynamic_module_on_program_init",
-    "envoy_dynamic_module_on_http_filter_config_new",
-    "envoy_dynamic_module_on_http_filter_config_destroy",
-    "envoy_dynamic_module_on_http_filter_new",
-    "envoy_dynamic_module_on_http_filter_request_headers",
-    "envoy_dynamic_module_on_http_filter_request_body",
-    "envoy_dynamic_module_on_http_filter_request_trailers",
-    "envoy_dynamic_module_on_http_filter_response_headers",
-    "envoy_dynamic_module_on_http_filter_response_body",
-    "envoy_dynamic_module_on_http_filter_response_trailers",
-    "envoy_dynamic_module_on_http_filter_stream_complete",
-    "envoy_dynamic_module_on_http_filter_destroy",
-    "envoy_dynamic_module_on_http_filter_http_callout_done",
-    "envoy_dynamic_module_on_http_filter_http_stream_headers",
-    "envoy_dynamic_module_on_http_filter_http_stream_data",
-    "envoy_dynamic_module_on_http_filter_http_stream_trailers",
-    "envoy_dynamic_module_on_http_filter_http_stream_complete",
-    "envoy_dynamic_module_on_http_filter_http_stream_reset",
-    "envoy_dynamic_module_on_http_filter_scheduled",
-    "envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark",
-    "envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark",
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
