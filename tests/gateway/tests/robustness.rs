@@ -82,19 +82,19 @@ fn garbage_in_answers_out() {
     let mut statuses = std::collections::BTreeMap::new();
     for _ in 0..400 {
         let mut headers: Vec<(&str, &str)> = Vec::new();
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             headers.push(("e2b-sandbox-id", rng.pick(&ids)));
         }
-        if rng.next() % 3 == 0 {
+        if rng.next().is_multiple_of(3) {
             headers.push(("e2b-sandbox-id", rng.pick(&ids)));
         }
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             headers.push(("e2b-sandbox-port", rng.pick(&ports)));
         }
-        if rng.next() % 2 == 0 {
+        if rng.next().is_multiple_of(2) {
             headers.push(("host", rng.pick(&hosts)));
         }
-        if rng.next() % 4 == 0 {
+        if rng.next().is_multiple_of(4) {
             headers.push(("x-envoy-original-dst-host", "127.0.0.1:1"));
         }
         let path = rng.pick(&paths);
@@ -159,7 +159,7 @@ fn concurrent_clients_on_every_worker() {
             let (addr, port) = (gw.addr, port.clone());
             std::thread::spawn(move || {
                 for i in 0..100 {
-                    let id = if (t + i) % 5 == 0 { "nope" } else { "s" };
+                    let id = if (t + i).is_multiple_of(5) { "nope" } else { "s" };
                     let r = request(
                         addr,
                         "GET",
