@@ -154,7 +154,7 @@ fn concurrent_clients_on_every_worker() {
         .routes(vec![route("s", "127.0.0.1", "running")])
         .concurrency(4)
         .start();
-    let threads: Vec<_> = (0..8)
+    let threads: Vec<_> = (0..8u32)
         .map(|t| {
             let (addr, port) = (gw.addr, port.clone());
             std::thread::spawn(move || {
