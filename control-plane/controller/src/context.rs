@@ -1,0 +1,99 @@
+//! Shared state handed to every reconcile: the client, settings, metrics, the event recorder,
+//! the HTTP client for agent-runtime `/init`, and the in-process pick set that keeps concurrent
+//! claim workers of this process off the same sandbox (the resourceVersion check is what makes
+//! claims safe across processes; this only avoids needless conflicts).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+
+use crate::metrics::Metrics;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Namespace of the injection ConfigMap and the leader lease.
+    pub system_namespace: String,
+    pub sandboxset_initial_batch: usize,
+    pub claim_initial_batch: usize,
+    pub claim_max_batch: usize,
+    /// `/init` timeout per attempt.
+    pub init_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            system_namespace: sandbox_api::keys::DEFAULT_SYSTEM_NAMESPACE.into(),
+            sandboxset_initial_batch: 16,
+            claim_initial_batch: 5,
+            claim_max_batch: 50,
+            init_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    recorder: Recorder,
+    pub http: HttpClient<HttpConnector, Full<Bytes>>,
+    picks: Mutex<HashSet<String>>,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings, metrics: Arc<Metrics>) -> Arc<Context> {
+        let reporter = Reporter {
+            controller: "sandbox-controller".into(),
+            instance: std::env::var("POD_NAME")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok()),
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        Arc::new(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            settings,
+            metrics,
+            http: HttpClient::builder(TokioExecutor::new()).build(connector),
+            picks: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Publishes an event; failures are logged, never fatal.
+    pub async fn event(&self, obj: &ObjectReference, warning: bool, reason: &str, note: &str) {
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: (!note.is_empty()).then(|| note.chars().take(1000).collect()),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, obj).await {
+            tracing::debug!(error = %e, reason, "failed to publish event");
+        }
+    }
+
+    /// Reserves `key` for this process's claim worker; false if another worker has it.
+    pub fn pick(&self, key: &str) -> bool {
+        self.picks.lock().expect("picks").insert(key.to_string())
+    }
+
+    pub fn unpick(&self, key: &str) {
+        self.picks.lock().expect("picks").remove(key);
+    }
+}

@@ -1,0 +1,22 @@
+//! sandbox-controller: reconcilers for the `agents.kruise.io/v1alpha1` resources.
+//!
+//! Pure domain logic (no I/O, unit- and property-tested): [`pool`] (warm-pool arithmetic),
+//! [`claim`] (candidate picking, claim patches, claim phases), [`lifecycle`] (the Sandbox state
+//! machine and timers), [`revision`] (revision hashes), [`injection`] (runtime injection),
+//! [`podgen`] (pod construction), [`conditions`]. Kube adapters live in [`reconcile`]; process
+//! wiring (leases, HTTP endpoints, admission) in [`leader`], [`server`], [`run`].
+
+pub mod claim;
+pub mod conditions;
+pub mod context;
+pub mod error;
+pub mod injection;
+pub mod leader;
+pub mod lifecycle;
+pub mod metrics;
+pub mod podgen;
+pub mod pool;
+pub mod reconcile;
+pub mod revision;
+pub mod run;
+pub mod server;

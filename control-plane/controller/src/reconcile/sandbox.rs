@@ -1,0 +1,439 @@
+//! Sandbox reconciler: pods, PVCs, timers, pause/resume, upgrade, in-place update, runtime init.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, PodTemplateSpec};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use sandbox_api::keys::*;
+use sandbox_api::types::condition as cond;
+use sandbox_api::{Sandbox, SandboxTemplate};
+use serde_json::json;
+
+use crate::conditions;
+use crate::context::Context;
+use crate::error::{Error, Result, is_status};
+use crate::lifecycle::{self, Observed, PodAction, PodFacts, TimerAction};
+use crate::podgen::{self, build_pod};
+use crate::revision::{immutable_part_hash, sandbox_revision};
+
+pub const NAME: &str = "sandbox";
+
+pub async fn reconcile(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action> {
+    super::instrumented(&ctx, NAME, reconcile_inner(sbx, ctx.clone())).await
+}
+
+/// The pod template of a sandbox: inline, or the referenced SandboxTemplate's.
+async fn resolve_template(ctx: &Context, sbx: &Sandbox) -> Result<Option<PodTemplateSpec>> {
+    if let Some(t) = &sbx.spec.template {
+        return Ok(Some(t.clone()));
+    }
+    let Some(r) = &sbx.spec.template_ref else {
+        return Ok(None);
+    };
+    let ns = sbx.namespace().unwrap_or_default();
+    let api: Api<SandboxTemplate> = Api::namespaced(ctx.client.clone(), &ns);
+    match api.get_opt(&r.name).await? {
+        Some(t) => Ok(t.spec.template),
+        None => Err(Error::TemplateNotFound(format!("{ns}/{}", r.name))),
+    }
+}
+
+async fn ensure_pvcs(ctx: &Context, sbx: &Sandbox) -> Result<()> {
+    if sbx.spec.volume_claim_templates.is_empty() {
+        return Ok(());
+    }
+    let ns = sbx.namespace().unwrap_or_default();
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    for vct in &sbx.spec.volume_claim_templates {
+        let name = podgen::pvc_name(
+            vct.metadata.name.as_deref().unwrap_or_default(),
+            &sbx.name_any(),
+        );
+        if api.get_opt(&name).await?.is_some() {
+            continue;
+        }
+        let mut pvc = vct.clone();
+        pvc.metadata.name = Some(name);
+        pvc.metadata.namespace = Some(ns.clone());
+        pvc.metadata.owner_references = Some(vec![podgen::owner_ref_to(sbx)]);
+        pvc.status = None;
+        match api.create(&PostParams::default(), &pvc).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 409) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+async fn injection_data(
+    ctx: &Context,
+) -> Result<Option<std::collections::BTreeMap<String, String>>> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.settings.system_namespace);
+    match api.get_opt(INJECTION_CONFIGMAP).await? {
+        Some(cm) => Ok(Some(cm.data.unwrap_or_default())),
+        None => {
+            tracing::debug!("injection ConfigMap missing; skip injection");
+            Ok(None)
+        }
+    }
+}
+
+/// POSTs the stored `/init` request to the sandbox's runtime. 401 counts as already initialised.
+async fn init_runtime(ctx: &Context, sbx: &Sandbox) -> Result<()> {
+    let ann = sbx.annotations();
+    let body = ann
+        .get(ANNOTATION_INIT_RUNTIME_REQUEST)
+        .cloned()
+        .unwrap_or_else(|| "{}".into());
+    let base = ann
+        .get(ANNOTATION_RUNTIME_URL)
+        .or_else(|| ann.get(ANNOTATION_ENVD_URL))
+        .cloned()
+        .or_else(|| {
+            let ip = sbx.status.as_ref()?.pod_info.as_ref()?.pod_ip.clone()?;
+            Some(if ip.contains(':') {
+                format!("http://[{ip}]:{RUNTIME_PORT}")
+            } else {
+                format!("http://{ip}:{RUNTIME_PORT}")
+            })
+        })
+        .ok_or_else(|| Error::RuntimeInit("sandbox has no pod IP".into()))?;
+    let token = ann
+        .get(ANNOTATION_RUNTIME_ACCESS_TOKEN)
+        .cloned()
+        .unwrap_or_default();
+    let mut last = String::new();
+    for attempt in 0..5 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+        }
+        let req = http::Request::post(format!("{}/init", base.trim_end_matches('/')))
+            .header("content-type", "application/json")
+            .header("X-Access-Token", token.clone())
+            .body(Full::new(Bytes::from(body.clone())))
+            .map_err(|e| Error::RuntimeInit(e.to_string()))?;
+        match tokio::time::timeout(ctx.settings.init_timeout, ctx.http.request(req)).await {
+            Ok(Ok(resp)) => {
+                let status = resp.status();
+                if status.is_success() || status == http::StatusCode::UNAUTHORIZED {
+                    return Ok(());
+                }
+                let text = resp
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                last = format!("{status}: {}", String::from_utf8_lossy(&text));
+                if status.is_client_error() {
+                    break;
+                }
+            }
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "timed out".into(),
+        }
+    }
+    Err(Error::RuntimeInit(format!("POST {base}/init: {last}")))
+}
+
+/// Brings the pod's metadata and images to the current template (in-place update).
+async fn inplace_update(
+    pods: &Api<Pod>,
+    pod: &Pod,
+    template: &PodTemplateSpec,
+    revision: &str,
+) -> Result<()> {
+    let tmeta = template.metadata.clone().unwrap_or_default();
+    let mut labels = serde_json::Map::new();
+    for (k, v) in tmeta.labels.unwrap_or_default() {
+        labels.insert(k, json!(v));
+    }
+    labels.insert(LABEL_POD_TEMPLATE_HASH.into(), json!(revision));
+    let mut annotations = serde_json::Map::new();
+    for (k, v) in tmeta.annotations.unwrap_or_default() {
+        annotations.insert(k, json!(v));
+    }
+    let current: std::collections::HashMap<String, Option<String>> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| (c.name.clone(), c.image.clone()))
+        .collect();
+    let containers: Vec<serde_json::Value> = template
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .filter(|c| current.get(&c.name).is_some_and(|img| img != &c.image))
+        .map(|c| json!({"name": c.name, "image": c.image}))
+        .collect();
+    let mut patch = json!({"metadata": {"labels": labels, "annotations": annotations}});
+    if !containers.is_empty() {
+        patch["spec"] = json!({"containers": containers});
+    }
+    pods.patch(
+        &pod.name_any(),
+        &PatchParams::default(),
+        &Patch::Strategic(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = sbx.namespace().unwrap_or_default();
+    let name = sbx.name_any();
+    let sandboxes: Api<Sandbox> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let oref = sbx.object_ref(&());
+    let pod = pods.get_opt(&name).await?;
+    let deleting = sbx.metadata.deletion_timestamp.is_some();
+    let terminal = matches!(
+        sbx.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some(sandbox_api::types::phase::SUCCEEDED | sandbox_api::types::phase::FAILED)
+    );
+
+    let template = if deleting || terminal {
+        None
+    } else {
+        resolve_template(&ctx, &sbx).await?
+    };
+    if !deleting && !terminal && template.is_none() {
+        return Ok(Action::await_change());
+    }
+    if !deleting && !terminal {
+        ensure_pvcs(&ctx, &sbx).await?;
+    }
+    let now = Timestamp::now();
+    let revision = sandbox_revision(&sbx.spec);
+    let plan = lifecycle::plan(&Observed {
+        sandbox: &sbx,
+        pod: PodFacts::from_pod(pod.as_ref()),
+        now,
+        revision: revision.clone(),
+        immutable_hash: template.as_ref().map(immutable_part_hash),
+    });
+
+    for e in &plan.events {
+        ctx.event(&oref, e.warning, &e.reason, &e.message).await;
+    }
+
+    match &plan.timer {
+        TimerAction::None => {}
+        TimerAction::DeleteSandbox => {
+            tracing::info!(%ns, %name, "shutdownTime reached; deleting sandbox");
+            ctx.event(&oref, false, "SandboxShutdown", "shutdownTime reached")
+                .await;
+            match sandboxes.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(e) if is_status(&e, 404) => {}
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(Action::await_change());
+        }
+        TimerAction::Pause { retain_until } => {
+            let mut spec = json!({"paused": true});
+            if let Some(t) = retain_until {
+                spec["shutdownTime"] = json!(t);
+                spec["pauseTime"] = json!(t);
+            }
+            let patch = json!({"metadata": {"resourceVersion": sbx.metadata.resource_version}, "spec": spec});
+            match sandboxes
+                .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+            {
+                Ok(_) => {
+                    ctx.event(
+                        &oref,
+                        false,
+                        "SandboxPauseTime",
+                        "pauseTime reached; pausing",
+                    )
+                    .await
+                }
+                Err(e) if is_status(&e, 409) => {
+                    return Ok(Action::requeue(Duration::from_millis(200)));
+                }
+                Err(e) => return Err(e.into()),
+            }
+            return Ok(Action::await_change());
+        }
+    }
+
+    // Metadata first: finalizer before the pod goes away, immutable hash once.
+    let mut finalizers: Vec<String> = sbx.finalizers().to_vec();
+    let mut meta_patch = serde_json::Map::new();
+    if plan.add_finalizer && !finalizers.iter().any(|f| f == FINALIZER_SANDBOX) {
+        finalizers.push(FINALIZER_SANDBOX.into());
+        meta_patch.insert("finalizers".into(), json!(finalizers));
+    }
+    if let Some(h) = &plan.set_immutable_hash {
+        meta_patch.insert(
+            "annotations".into(),
+            json!({ ANNOTATION_HASH_IMMUTABLE_PART: h }),
+        );
+    }
+    if !meta_patch.is_empty() {
+        meta_patch.insert(
+            "resourceVersion".into(),
+            json!(sbx.metadata.resource_version),
+        );
+        sandboxes
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": meta_patch })),
+            )
+            .await?;
+    }
+
+    let mut status = plan.status.clone();
+    match &plan.pod {
+        PodAction::None => {}
+        PodAction::Create => {
+            let tpl = template
+                .as_ref()
+                .expect("template resolved for live sandboxes");
+            let data = if sbx.spec.runtimes.is_empty() {
+                None
+            } else {
+                injection_data(&ctx).await?
+            };
+            let rev = status.update_revision.clone().unwrap_or(revision.clone());
+            let new_pod = build_pod(&sbx, tpl, &rev, data.as_ref())?;
+            match pods.create(&PostParams::default(), &new_pod).await {
+                Ok(_) => {
+                    ctx.metrics.pods_created.inc();
+                }
+                Err(e) if is_status(&e, 409) => {}
+                Err(e) => {
+                    let msg = e.to_string();
+                    ctx.event(&oref, true, cond::REASON_POD_CREATE_FAILED, &msg)
+                        .await;
+                    conditions::set(
+                        &mut status.conditions,
+                        cond::READY,
+                        false,
+                        cond::REASON_POD_CREATE_FAILED,
+                        &msg,
+                        now,
+                    );
+                    write_status(&sandboxes, &sbx, &status).await?;
+                    return Err(e.into());
+                }
+            }
+        }
+        PodAction::Delete { grace_seconds } => {
+            if let Some(p) = &pod {
+                let dp = DeleteParams {
+                    grace_period_seconds: grace_seconds.map(|g| g as u32),
+                    preconditions: Some(Preconditions {
+                        uid: p.metadata.uid.clone(),
+                        resource_version: None,
+                    }),
+                    ..Default::default()
+                };
+                match pods.delete(&name, &dp).await {
+                    Ok(_) => {}
+                    Err(e) if is_status(&e, 404) || is_status(&e, 409) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+
+    if plan.inplace_update
+        && let (Some(p), Some(t)) = (&pod, &template)
+    {
+        inplace_update(&pods, p, t, &revision).await?;
+        conditions::set(
+            &mut status.conditions,
+            cond::INPLACE_UPDATE,
+            true,
+            cond::REASON_SUCCEEDED,
+            "",
+            now,
+        );
+    }
+
+    if plan.init_runtime {
+        match init_runtime(&ctx, &sbx).await {
+            Ok(()) => {
+                conditions::set(
+                    &mut status.conditions,
+                    cond::RUNTIME_INITIALIZED,
+                    true,
+                    cond::REASON_SUCCEEDED,
+                    "",
+                    now,
+                );
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                conditions::set(
+                    &mut status.conditions,
+                    cond::RUNTIME_INITIALIZED,
+                    false,
+                    cond::REASON_FAILED,
+                    &msg,
+                    now,
+                );
+                ctx.event(&oref, true, "RuntimeInitFailed", &msg).await;
+            }
+        }
+    }
+
+    if plan.remove_finalizer {
+        let kept: Vec<String> = sbx
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER_SANDBOX)
+            .cloned()
+            .collect();
+        let patch = json!({"metadata": {"finalizers": kept}});
+        match sandboxes
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => return Ok(Action::await_change()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !deleting {
+        write_status(&sandboxes, &sbx, &status).await?;
+    }
+    Ok(match plan.requeue_after {
+        Some(d) => Action::requeue(d.max(Duration::from_millis(100))),
+        None => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+async fn write_status(
+    api: &Api<Sandbox>,
+    sbx: &Sandbox,
+    status: &sandbox_api::SandboxStatus,
+) -> Result<()> {
+    if sbx.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let patch = json!({ "status": super::merge_patch_replacing(sbx.status.as_ref(), status) });
+    match api
+        .patch_status(
+            &sbx.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,295 @@
+//! SandboxSet reconciler: keeps the warm pool at `spec.replicas`, replaces old revisions within
+//! `updateStrategy.maxUnavailable`, deletes dead members, and writes the pool status. Every
+//! deletion is lock-then-delete: a resourceVersion-guarded patch sets `lock`, then a delete
+//! preconditioned on the locked resourceVersion, so a sandbox a claimer just took is never deleted.
+//! Pool membership is read with a consistent list from the apiserver, so a restarted controller
+//! (or one racing its own writes) never double-counts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use sandbox_api::keys::*;
+use sandbox_api::state::{SandboxState, is_pool_owned, sandbox_state};
+use sandbox_api::types::phase;
+use sandbox_api::{Sandbox, SandboxSet, SandboxSetStatus, SandboxTemplate, SandboxTemplateSpec};
+use serde_json::json;
+
+use crate::context::Context;
+use crate::error::{Error, Result, is_status};
+use crate::metrics::PoolLabel;
+use crate::pool::{
+    MemberState, PoolMember, PoolSpec, do_it_slowly, new_sandbox_from_set, plan_pool,
+};
+use crate::revision::{EffectiveTemplate, set_revision};
+
+pub const NAME: &str = "sandboxset";
+
+pub async fn reconcile(set: Arc<SandboxSet>, ctx: Arc<Context>) -> Result<Action> {
+    super::instrumented(&ctx, NAME, reconcile_inner(set, ctx.clone())).await
+}
+
+fn member_of(set: &SandboxSet, s: &Sandbox, revision: &str, now: Timestamp) -> PoolMember {
+    let owned = is_pool_owned(s)
+        && s.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| Some(&o.uid) == set.metadata.uid.as_ref());
+    let st = sandbox_state(s, now);
+    let state = match (owned, st) {
+        (_, SandboxState::Dead) if owned => MemberState::Dead,
+        (true, SandboxState::Available) => MemberState::Available,
+        (true, _) => MemberState::Creating,
+        (false, _) => MemberState::Used,
+    };
+    let status = s.status.as_ref();
+    let ph = status.and_then(|x| x.phase.as_deref()).unwrap_or("");
+    PoolMember {
+        name: s.name_any(),
+        state,
+        updated: s.labels().get(LABEL_TEMPLATE_HASH).map(String::as_str) == Some(revision),
+        pending: ph.is_empty() || ph == phase::PENDING,
+        running_not_ready: ph == phase::RUNNING && st != SandboxState::Available,
+        recycled_count: status.and_then(|x| x.recycled_count).unwrap_or(0),
+        created: s
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or(now),
+        locked: s.annotations().contains_key(ANNOTATION_LOCK),
+        deleting: s.metadata.deletion_timestamp.is_some(),
+    }
+}
+
+/// Lock (resourceVersion-guarded) then delete (preconditioned on the locked version).
+/// Returns false if someone else got there first.
+pub async fn lock_then_delete(api: &Api<Sandbox>, s: &Sandbox) -> Result<bool> {
+    let lock = format!("{:032x}", rand::random::<u128>());
+    let patch = json!({"metadata": {
+        "resourceVersion": s.metadata.resource_version,
+        "annotations": { ANNOTATION_LOCK: lock, ANNOTATION_OWNER: OWNER_SCALE_DOWN },
+    }});
+    let locked = match api
+        .patch(&s.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(l) => l,
+        Err(e) if is_status(&e, 409) || is_status(&e, 404) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: None,
+            resource_version: locked.metadata.resource_version.clone(),
+        }),
+        ..Default::default()
+    };
+    match api.delete(&s.name_any(), &dp).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_status(&e, 409) || is_status(&e, 404) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Creates the SandboxTemplate `<set>-<revision>` for an inline template (owned by the set,
+/// `blockOwnerDeletion=false`). Returns its name.
+async fn materialise_template(ctx: &Context, set: &SandboxSet, revision: &str) -> Result<String> {
+    let ns = set.namespace().unwrap_or_default();
+    let name = format!("{}-{revision}", set.name_any());
+    let api: Api<SandboxTemplate> = Api::namespaced(ctx.client.clone(), &ns);
+    if let Some(existing) = api.get_opt(&name).await? {
+        let ours = existing
+            .owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == set.metadata.uid.as_ref());
+        if !ours {
+            return Err(Error::InvalidSpec(format!(
+                "SandboxTemplate {ns}/{name} exists and is not owned by this SandboxSet"
+            )));
+        }
+        return Ok(name);
+    }
+    let mut oref = set.controller_owner_ref(&()).expect("set has uid");
+    oref.block_owner_deletion = Some(false);
+    let tpl = SandboxTemplate {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns),
+            owner_references: Some(vec![oref]),
+            labels: Some([(LABEL_SANDBOX_POOL.to_string(), set.name_any())].into()),
+            ..Default::default()
+        },
+        spec: SandboxTemplateSpec {
+            template: set.spec.template.clone(),
+            volume_claim_templates: set.spec.volume_claim_templates.clone(),
+            persistent_contents: set.spec.persistent_contents.clone(),
+            runtimes: set.spec.runtimes.clone(),
+            pause_strategy: set.spec.pause_strategy.clone(),
+        },
+    };
+    match api.create(&PostParams::default(), &tpl).await {
+        Ok(_) => {}
+        Err(e) if is_status(&e, 409) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(name)
+}
+
+async fn reconcile_inner(set: Arc<SandboxSet>, ctx: Arc<Context>) -> Result<Action> {
+    if set.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = set.namespace().unwrap_or_default();
+    let name = set.name_any();
+    let sandboxes: Api<Sandbox> = Api::namespaced(ctx.client.clone(), &ns);
+    let sets: Api<SandboxSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let now = Timestamp::now();
+
+    let effective = EffectiveTemplate {
+        template: set.spec.template.as_ref(),
+        template_ref: set.spec.template_ref.as_ref(),
+        volume_claim_templates: &set.spec.volume_claim_templates,
+        persistent_contents: &set.spec.persistent_contents,
+        runtimes: &set.spec.runtimes,
+        pause_strategy: set.spec.pause_strategy.as_ref(),
+    };
+    let revision = set_revision(&effective);
+    let current_revision = match (&set.spec.template, &set.spec.template_ref) {
+        (Some(_), _) => materialise_template(&ctx, &set, &revision).await?,
+        (None, Some(r)) => r.name.clone(),
+        (None, None) => {
+            return Err(Error::InvalidSpec(
+                "SandboxSet needs template or templateRef".into(),
+            ));
+        }
+    };
+
+    let list = sandboxes
+        .list(&ListParams::default().labels(&format!("{LABEL_SANDBOX_POOL}={name}")))
+        .await?;
+    let members: Vec<PoolMember> = list
+        .items
+        .iter()
+        .map(|s| member_of(&set, s, &revision, now))
+        .collect();
+    let spec = PoolSpec {
+        replicas: set.spec.replicas.max(0),
+        scale_max_unavailable: set
+            .spec
+            .scale_strategy
+            .as_ref()
+            .and_then(|s| s.max_unavailable.clone()),
+        update_max_unavailable: set
+            .spec
+            .update_strategy
+            .as_ref()
+            .and_then(|s| s.max_unavailable.clone()),
+    };
+    let plan = plan_pool(&spec, &members).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    let by_name = |n: &str| list.items.iter().find(|s| s.name_any() == n);
+
+    let mut failures = Vec::new();
+    for n in &plan.delete_dead {
+        match sandboxes.delete(n, &DeleteParams::default()).await {
+            Ok(_) => {
+                ctx.metrics.sandboxes_deleted.inc();
+            }
+            Err(e) if is_status(&e, 404) => {}
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    let mut deleted = 0i32;
+    for n in plan.scale_down.iter().chain(plan.rolling.iter()) {
+        if let Some(s) = by_name(n) {
+            match lock_then_delete(&sandboxes, s).await {
+                Ok(true) => {
+                    deleted += 1;
+                    ctx.metrics.sandboxes_deleted.inc();
+                }
+                Ok(false) => {}
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+    }
+
+    let mut created = 0usize;
+    if plan.create > 0 {
+        let template = new_sandbox_from_set(&set, &revision);
+        let (ok, err) = do_it_slowly(plan.create, ctx.settings.sandboxset_initial_batch, |_| {
+            let sandboxes = sandboxes.clone();
+            let template = template.clone();
+            async move {
+                sandboxes
+                    .create(&PostParams::default(), &template)
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .await;
+        created = ok;
+        for _ in 0..ok {
+            ctx.metrics.sandboxes_created.inc();
+        }
+        if let Some(e) = err {
+            ctx.event(&set.object_ref(&()), true, "FailedCreate", &e.to_string())
+                .await;
+            failures.push(e.to_string());
+        }
+    }
+
+    let counts = plan.status;
+    let mut status = set.status.clone().unwrap_or_default();
+    status.observed_generation = set.metadata.generation;
+    // Creates made now are counted right away (the list above did not see them).
+    status.replicas = counts.replicas + created as i32 - deleted;
+    status.available_replicas = counts.available;
+    status.update_revision = Some(revision);
+    status.current_revision = Some(current_revision);
+    status.updated_replicas = counts.updated;
+    status.updated_available_replicas = counts.updated_available;
+    if status.selector.is_none() {
+        status.selector = Some(format!(
+            "{LABEL_SANDBOX_CLAIMED}=false,{LABEL_SANDBOX_POOL}={name}"
+        ));
+    }
+    let pool = PoolLabel {
+        namespace: ns.clone(),
+        sandboxset: name.clone(),
+    };
+    ctx.metrics
+        .pool_replicas
+        .get_or_create(&pool)
+        .set(status.replicas as i64);
+    ctx.metrics
+        .pool_available
+        .get_or_create(&pool)
+        .set(status.available_replicas as i64);
+    if set.status.as_ref() != Some(&status) {
+        write_status(&sets, &name, &status).await?;
+    }
+    if !failures.is_empty() {
+        return Err(Error::Batch(failures.len(), failures.swap_remove(0)));
+    }
+    // Members change through watch events; the periodic requeue catches expired shutdown timers.
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
+
+async fn write_status(api: &Api<SandboxSet>, name: &str, status: &SandboxSetStatus) -> Result<()> {
+    match api
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if is_status(&e, 404) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,88 @@
+//! Process wiring: starts the reconcilers (after winning the lease when leader election is on),
+//! and stops them gracefully on SIGTERM/SIGINT or when the lease is lost.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, ResourceExt};
+use sandbox_api::keys::{LABEL_CREATED_BY, LABEL_SANDBOX_POOL};
+use sandbox_api::{Sandbox, SandboxClaim, SandboxSet};
+use tokio::sync::watch;
+
+use crate::context::Context;
+use crate::reconcile::{self, claim, sandbox, sandboxset};
+
+#[derive(Debug, Clone)]
+pub struct Workers {
+    pub sandbox: u16,
+    pub sandboxset: u16,
+    pub sandboxclaim: u16,
+}
+
+/// Runs the three controllers until `stop` flips to true.
+pub async fn run_controllers(
+    client: Client,
+    ctx: Arc<Context>,
+    workers: Workers,
+    stop: watch::Receiver<bool>,
+) {
+    let shutdown = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let sandboxes: Api<Sandbox> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::all(client.clone());
+    let sets: Api<SandboxSet> = Api::all(client.clone());
+    let claims: Api<SandboxClaim> = Api::all(client.clone());
+    let pod_cfg = watcher::Config::default().labels(&format!("{LABEL_CREATED_BY}=sandbox"));
+
+    let sandbox_ctl = Controller::new(sandboxes.clone(), watcher::Config::default())
+        .owns(pods, pod_cfg)
+        .with_config(kube::runtime::controller::Config::default().concurrency(workers.sandbox))
+        .graceful_shutdown_on(shutdown(stop.clone()))
+        .run(
+            sandbox::reconcile,
+            |_, e, _| reconcile::error_policy(sandbox::NAME, e),
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
+    // A sandbox keeps its `sandbox-pool` label after it is claimed (and loses its ownerRef), so
+    // map by label: the pool hears about every claim and refills.
+    let set_ctl = Controller::new(sets, watcher::Config::default())
+        .watches(sandboxes, watcher::Config::default(), |s: Sandbox| {
+            let ns = s.namespace()?;
+            let pool = s.labels().get(LABEL_SANDBOX_POOL)?.clone();
+            Some(ObjectRef::<SandboxSet>::new(&pool).within(&ns))
+        })
+        .with_config(kube::runtime::controller::Config::default().concurrency(workers.sandboxset))
+        .graceful_shutdown_on(shutdown(stop.clone()))
+        .run(
+            sandboxset::reconcile,
+            |_, e, _| reconcile::error_policy(sandboxset::NAME, e),
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
+    let claim_ctl = Controller::new(claims, watcher::Config::default())
+        .with_config(kube::runtime::controller::Config::default().concurrency(workers.sandboxclaim))
+        .graceful_shutdown_on(shutdown(stop.clone()))
+        .run(
+            claim::reconcile,
+            |_, e, _| reconcile::error_policy(claim::NAME, e),
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
+    tracing::info!("controllers started");
+    tokio::join!(sandbox_ctl, set_ctl, claim_ctl);
+    tracing::info!("controllers stopped");
+}
+
+/// Flags readiness once the controllers are running.
+pub fn mark_ready(health: &crate::server::Health) {
+    health.ready.store(true, Ordering::Relaxed);
+}
