@@ -1,1 +1,27 @@
-# controller area: owned by the controller work; see the Makefile for the variables to append to.
+# controller area (issue 5): sandbox-api CRDs, sandbox-controller, its Helm chart, integration
+# tests against a real apiserver (tests/controller) and the pool/claim benchmark.
+export SANDBOX_CONTROLLER_BIN := $(CARGO_TARGET_DIR)/debug/sandbox-controller
+CONTROLLER_CHART := charts/kruise-agents-sandbox-controller
+PREPARE_TARGETS += build-controller
+# (chart-check joins EXTRA_TEST_TARGETS once the chart templates land)
+HELP_LINES += "make test-controller  sandbox-api + sandbox-controller unit tests and apiserver integration tests"
+HELP_LINES += "make chart-check      helm lint + helm template of the controller chart"
+HELP_LINES += "make crdgen           regenerate the CRD YAML in the controller chart from the Rust types"
+HELP_LINES += "make bench-controller pool refill and claim throughput benchmark (writes nothing; see docs/benchmarks.md)"
+
+.PHONY: build-controller test-controller chart-check crdgen bench-controller
+build-controller:
+	$(CARGO) build --locked -p sandbox-controller
+
+crdgen:
+	$(CARGO) run --locked -q -p sandbox-api --bin crdgen
+
+test-controller: kube-bins build-controller
+	$(CARGO) test --locked -p sandbox-api -p sandbox-controller -p controller-tests
+
+chart-check: kube-bins
+	$(HELM_BIN) lint --strict $(CONTROLLER_CHART)
+	$(HELM_BIN) template sandbox-controller $(CONTROLLER_CHART) --namespace sandbox-system --include-crds > /dev/null
+
+bench-controller: kube-bins build-controller
+	$(CARGO) run --locked --release -p controller-bench

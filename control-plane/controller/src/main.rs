@@ -62,6 +62,9 @@ struct Args {
     /// First batch of claim attempts per reconcile (doubles after each success).
     #[arg(long, env = "SANDBOXCLAIM_INITIAL_BATCH_SIZE", default_value_t = 5)]
     sandboxclaim_initial_batch_size: usize,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
     /// Log as JSON lines.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     log_json: bool,
@@ -165,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
     mark_ready(&health);
     let ctl = tokio::spawn(run_controllers(
         client.clone(),
+        args.namespace.clone(),
         ctx,
         workers,
         stop_rx.clone(),

@@ -26,6 +26,7 @@ pub struct Workers {
 /// Runs the three controllers until `stop` flips to true.
 pub async fn run_controllers(
     client: Client,
+    namespace: Option<String>,
     ctx: Arc<Context>,
     workers: Workers,
     stop: watch::Receiver<bool>,
@@ -33,10 +34,26 @@ pub async fn run_controllers(
     let shutdown = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let sandboxes: Api<Sandbox> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
-    let sets: Api<SandboxSet> = Api::all(client.clone());
-    let claims: Api<SandboxClaim> = Api::all(client.clone());
+    let api = |c: &Client| match &namespace {
+        Some(ns) => (
+            Api::namespaced(c.clone(), ns),
+            Api::namespaced(c.clone(), ns),
+            Api::namespaced(c.clone(), ns),
+            Api::namespaced(c.clone(), ns),
+        ),
+        None => (
+            Api::all(c.clone()),
+            Api::all(c.clone()),
+            Api::all(c.clone()),
+            Api::all(c.clone()),
+        ),
+    };
+    let (sandboxes, pods, sets, claims): (
+        Api<Sandbox>,
+        Api<Pod>,
+        Api<SandboxSet>,
+        Api<SandboxClaim>,
+    ) = api(&client);
     let pod_cfg = watcher::Config::default().labels(&format!("{LABEL_CREATED_BY}=sandbox"));
 
     let sandbox_ctl = Controller::new(sandboxes.clone(), watcher::Config::default())
