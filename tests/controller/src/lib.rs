@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, ListParams};
 use kube::Client;
+use kube::api::{Api, ListParams};
 use kube_harness::process::ManagedChild;
 use kube_harness::{KubeCluster, NodeSimConfig, NodeSimulator};
 use sandbox_api::Sandbox;
@@ -20,11 +20,16 @@ pub fn crd_dir() -> PathBuf {
 
 /// Installs the CRDs (idempotent server-side apply).
 pub async fn install_crds(cluster: &KubeCluster) {
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(crd_dir()).expect("crd dir").map(|e| e.expect("entry").path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(crd_dir())
+        .expect("crd dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
     files.sort();
     for f in files {
-        cluster.apply_yaml_file(&f).await.unwrap_or_else(|e| panic!("apply {}: {e}", f.display()));
+        cluster
+            .apply_yaml_file(&f)
+            .await
+            .unwrap_or_else(|e| panic!("apply {}: {e}", f.display()));
     }
 }
 
@@ -55,9 +60,15 @@ impl ControllerProcess {
             .arg("--health-probe-bind-address")
             .arg(format!("127.0.0.1:{health}"))
             .args(extra);
-        let log = cluster.dir().join(format!("sandbox-controller-{namespace}-{port}.log"));
-        let child = ManagedChild::spawn("sandbox-controller", cmd, &log).expect("start sandbox-controller");
-        ControllerProcess { child, metrics_port: port }
+        let log = cluster
+            .dir()
+            .join(format!("sandbox-controller-{namespace}-{port}.log"));
+        let child =
+            ManagedChild::spawn("sandbox-controller", cmd, &log).expect("start sandbox-controller");
+        ControllerProcess {
+            child,
+            metrics_port: port,
+        }
     }
 
     pub fn log(&self) -> String {
@@ -78,9 +89,20 @@ impl Env {
         let cluster = KubeCluster::shared().await;
         install_crds(cluster).await;
         let ns = cluster.create_namespace(prefix).await;
-        let sim = NodeSimulator::start(cluster, NodeSimConfig::default().in_namespace(&ns).python_http_server()).await;
+        let sim = NodeSimulator::start(
+            cluster,
+            NodeSimConfig::default()
+                .in_namespace(&ns)
+                .python_http_server(),
+        )
+        .await;
         let controller = Some(ControllerProcess::start(cluster, &ns, &[]));
-        Env { cluster, ns, sim, controller }
+        Env {
+            cluster,
+            ns,
+            sim,
+            controller,
+        }
     }
 
     pub fn client(&self) -> Client {
@@ -95,7 +117,10 @@ impl Env {
     }
 
     pub fn controller_log(&self) -> String {
-        self.controller.as_ref().map(|c| c.log()).unwrap_or_default()
+        self.controller
+            .as_ref()
+            .map(|c| c.log())
+            .unwrap_or_default()
     }
 
     /// Polls `check` until it returns `Ok`; on timeout panics with the last `Err` and the
@@ -125,6 +150,10 @@ impl Env {
     }
 
     pub async fn sandboxes(&self, selector: &str) -> Vec<Sandbox> {
-        self.api::<Sandbox>().list(&ListParams::default().labels(selector)).await.expect("list sandboxes").items
+        self.api::<Sandbox>()
+            .list(&ListParams::default().labels(selector))
+            .await
+            .expect("list sandboxes")
+            .items
     }
 }

@@ -279,18 +279,19 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
             json!({ ANNOTATION_HASH_IMMUTABLE_PART: h }),
         );
     }
+    // Status writes are guarded by the version this plan was made from, so a plan made from a
+    // stale cache entry (say, from before a pause) never lands; the newer event replans.
+    let mut rv = sbx.metadata.resource_version.clone();
     if !meta_patch.is_empty() {
-        meta_patch.insert(
-            "resourceVersion".into(),
-            json!(sbx.metadata.resource_version),
-        );
-        sandboxes
+        meta_patch.insert("resourceVersion".into(), json!(rv));
+        let updated = sandboxes
             .patch(
                 &name,
                 &PatchParams::default(),
                 &Patch::Merge(json!({ "metadata": meta_patch })),
             )
             .await?;
+        rv = updated.metadata.resource_version;
     }
 
     let mut status = plan.status.clone();
@@ -306,7 +307,25 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
                 injection_data(&ctx).await?
             };
             let rev = status.update_revision.clone().unwrap_or(revision.clone());
-            let new_pod = build_pod(&sbx, tpl, &rev, data.as_ref())?;
+            let new_pod = match build_pod(&sbx, tpl, &rev, data.as_ref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    // Surface why there is no pod (the sandbox stays Pending and is retried).
+                    let msg = e.to_string();
+                    ctx.event(&oref, true, cond::REASON_POD_CREATE_FAILED, &msg)
+                        .await;
+                    conditions::set(
+                        &mut status.conditions,
+                        cond::READY,
+                        false,
+                        cond::REASON_POD_CREATE_FAILED,
+                        &msg,
+                        now,
+                    );
+                    write_status(&sandboxes, &sbx, rv.as_deref(), &status).await?;
+                    return Err(e.into());
+                }
+            };
             match pods.create(&PostParams::default(), &new_pod).await {
                 Ok(_) => {
                     ctx.metrics.pods_created.inc();
@@ -324,7 +343,7 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
                         &msg,
                         now,
                     );
-                    write_status(&sandboxes, &sbx, &status).await?;
+                    write_status(&sandboxes, &sbx, rv.as_deref(), &status).await?;
                     return Err(e.into());
                 }
             }
@@ -401,13 +420,13 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
             .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
             .await
         {
-            Ok(_) => {}
+            Ok(updated) => rv = updated.metadata.resource_version,
             Err(e) if is_status(&e, 404) => return Ok(Action::await_change()),
             Err(e) => return Err(e.into()),
         }
     }
     if !deleting {
-        write_status(&sandboxes, &sbx, &status).await?;
+        write_status(&sandboxes, &sbx, rv.as_deref(), &status).await?;
     }
     Ok(match plan.requeue_after {
         Some(d) => Action::requeue(d.max(Duration::from_millis(100))),
@@ -418,12 +437,16 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
 async fn write_status(
     api: &Api<Sandbox>,
     sbx: &Sandbox,
+    rv: Option<&str>,
     status: &sandbox_api::SandboxStatus,
 ) -> Result<()> {
     if sbx.status.as_ref() == Some(status) {
         return Ok(());
     }
-    let patch = json!({ "status": super::merge_patch_replacing(sbx.status.as_ref(), status) });
+    let patch = json!({
+        "metadata": { "resourceVersion": rv },
+        "status": super::merge_patch_replacing(sbx.status.as_ref(), status),
+    });
     match api
         .patch_status(
             &sbx.name_any(),

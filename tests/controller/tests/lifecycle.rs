@@ -1,0 +1,471 @@
+//! Sandbox lifecycle, runtime injection, seed manifests and crash recovery against a real
+//! apiserver, with the real `sandbox-controller` binary and the node simulator.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use controller_tests::{ControllerProcess, Env};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use sandbox_api::keys::*;
+use sandbox_api::{Sandbox, SandboxClaim, SandboxSet};
+use serde_json::json;
+
+fn sandbox(name: &str, extra: serde_json::Value) -> Sandbox {
+    let mut v = json!({
+        "apiVersion": "agents.kruise.io/v1alpha1", "kind": "Sandbox",
+        "metadata": {"name": name},
+        "spec": {"template": {"spec": {"containers": [{"name": "main", "image": "python:3"}]}}}
+    });
+    for (k, x) in extra.as_object().cloned().unwrap_or_default() {
+        v["spec"][k] = x;
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+async fn phase(env: &Env, name: &str) -> Result<Sandbox, String> {
+    env.api::<Sandbox>()
+        .get(name)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn phase_of(s: &Sandbox) -> String {
+    s.status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default()
+}
+
+async fn wait_phase(env: &Env, name: &str, want: &str) -> Sandbox {
+    env.eventually(
+        &format!("{name} phase {want}"),
+        Duration::from_secs(60),
+        || async {
+            let s = phase(env, name).await?;
+            if phase_of(&s) == want {
+                Ok(s)
+            } else {
+                Err(format!("phase {:?}", s.status))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_deletes_the_pod_and_resume_brings_the_same_sandbox_back() {
+    let env = Env::new("pause").await;
+    let api: Api<Sandbox> = env.api();
+    let pods: Api<Pod> = env.api();
+    api.create(&PostParams::default(), &sandbox("p1", json!({})))
+        .await
+        .unwrap();
+    let running = wait_phase(&env, "p1", "Running").await;
+    let first_pod = env
+        .eventually("pod ready", Duration::from_secs(30), || async {
+            let p = pods.get("p1").await.map_err(|e| e.to_string())?;
+            let s = phase(&env, "p1").await?;
+            if sandbox_api::state::is_ready(&s) {
+                Ok(p)
+            } else {
+                Err("not ready".into())
+            }
+        })
+        .await;
+
+    api.patch(
+        "p1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"paused": true}})),
+    )
+    .await
+    .unwrap();
+    let paused = env
+        .eventually("paused and pod gone", Duration::from_secs(60), || async {
+            let s = phase(&env, "p1").await?;
+            let pod = pods.get_opt("p1").await.map_err(|e| e.to_string())?;
+            let done = s.status.as_ref().is_some_and(|st| {
+                st.conditions
+                    .iter()
+                    .any(|c| c.type_ == "SandboxPaused" && c.status == "True")
+            });
+            if phase_of(&s) == "Paused" && done && pod.is_none() {
+                Ok(s)
+            } else {
+                Err(format!("phase={} pod={}", phase_of(&s), pod.is_some()))
+            }
+        })
+        .await;
+    assert!(
+        paused.finalizers().iter().any(|f| f == FINALIZER_SANDBOX),
+        "paused sandbox carries the finalizer"
+    );
+
+    api.patch(
+        "p1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"paused": false}})),
+    )
+    .await
+    .unwrap();
+    let resumed = env
+        .eventually("resumed and ready", Duration::from_secs(60), || async {
+            let s = phase(&env, "p1").await?;
+            if phase_of(&s) == "Running" && sandbox_api::state::is_ready(&s) {
+                Ok(s)
+            } else {
+                Err(format!("{:?}", s.status))
+            }
+        })
+        .await;
+    assert_eq!(
+        resumed.metadata.uid, running.metadata.uid,
+        "the same sandbox object came back"
+    );
+    let new_pod = pods.get("p1").await.unwrap();
+    assert_ne!(
+        new_pod.metadata.uid, first_pod.metadata.uid,
+        "resume recreated the pod"
+    );
+    assert!(
+        !resumed.finalizers().iter().any(|f| f == FINALIZER_SANDBOX),
+        "finalizer released after resume"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_shutdown_timers_fire() {
+    let env = Env::new("timers").await;
+    let api: Api<Sandbox> = env.api();
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let at = |s: i64| {
+        (now + Duration::from_secs(s as u64))
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
+    };
+    api.create(
+        &PostParams::default(),
+        &sandbox("t-pause", json!({"pauseTime": at(4)})),
+    )
+    .await
+    .unwrap();
+    api.create(
+        &PostParams::default(),
+        &sandbox("t-stop", json!({"shutdownTime": at(6)})),
+    )
+    .await
+    .unwrap();
+    env.eventually(
+        "pauseTime paused the sandbox",
+        Duration::from_secs(40),
+        || async {
+            let s = phase(&env, "t-pause").await?;
+            if s.spec.paused && phase_of(&s) == "Paused" {
+                Ok(())
+            } else {
+                Err(format!("paused={} phase={}", s.spec.paused, phase_of(&s)))
+            }
+        },
+    )
+    .await;
+    env.eventually(
+        "shutdownTime deleted the sandbox",
+        Duration::from_secs(40),
+        || async {
+            match api.get_opt("t-stop").await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(s) => Err(format!("still there, phase {}", phase_of(&s))),
+            }
+        },
+    )
+    .await;
+}
+
+async fn injection_env(prefix: &str) -> Env {
+    let env = Env::new(prefix).await;
+    let agent = json!({
+        "mainContainer": {"name": "main", "env": [{"name": "ENVD_DIR", "value": "/mnt/envd"}],
+            "volumeMounts": [{"name": "envd", "mountPath": "/mnt/envd"}],
+            "lifecycle": {"postStart": {"exec": {"command": ["bash", "/mnt/envd/envd-run.sh"]}}}},
+        "csiSidecar": [{"name": "runtime", "image": "agent-runtime:test", "restartPolicy": "Always"}],
+        "volume": [{"name": "envd", "emptyDir": {}}]
+    });
+    let proxy =
+        json!({"containers": [{"name": "proxy", "image": "proxy:test"}], "labels": {"mesh": "on"}});
+    let cm = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(INJECTION_CONFIGMAP.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([
+            (RUNTIME_AGENT.to_string(), agent.to_string()),
+            (RUNTIME_TRAFFIC_PROXY.to_string(), proxy.to_string()),
+        ])),
+        ..Default::default()
+    };
+    env.api::<ConfigMap>()
+        .create(&PostParams::default(), &cm)
+        .await
+        .unwrap();
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_injection_rules_hold_on_real_pods() {
+    let env = injection_env("inject").await;
+    let api: Api<Sandbox> = env.api();
+    let pods: Api<Pod> = env.api();
+    // agent-runtime: sidecar + env + mount + postStart merged with the user's exec hook.
+    api.create(
+        &PostParams::default(),
+        &sandbox(
+            "inj-ok",
+            json!({
+                "runtimes": [{"name": "agent-runtime"}],
+                "template": {"spec": {"containers": [{"name": "main", "image": "python:3",
+                    "lifecycle": {"postStart": {"exec": {"command": ["echo", "user"]}}}}]}}
+            }),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_phase(&env, "inj-ok", "Running").await;
+    let pod = pods.get("inj-ok").await.unwrap();
+    let spec = pod.spec.unwrap();
+    assert_eq!(spec.init_containers.as_ref().unwrap()[0].name, "runtime");
+    let main = &spec.containers[0];
+    assert_eq!(main.env.as_ref().unwrap()[0].name, "ENVD_DIR");
+    let cmd = main
+        .lifecycle
+        .clone()
+        .unwrap()
+        .post_start
+        .unwrap()
+        .exec
+        .unwrap()
+        .command
+        .unwrap();
+    assert_eq!(cmd, ["bash", "/mnt/envd/envd-run.sh", "--", "echo", "user"]);
+
+    // agent-runtime is skipped when the user already has a container with the sidecar's name.
+    api.create(&PostParams::default(), &sandbox("inj-skip", json!({
+        "runtimes": [{"name": "agent-runtime"}],
+        "template": {"spec": {"initContainers": [{"name": "runtime", "image": "mine", "restartPolicy": "Always"}],
+            "containers": [{"name": "main", "image": "python:3"}]}}
+    }))).await.unwrap();
+    wait_phase(&env, "inj-skip", "Running").await;
+    let spec = pods.get("inj-skip").await.unwrap().spec.unwrap();
+    assert_eq!(spec.init_containers.as_ref().unwrap().len(), 1);
+    assert_eq!(
+        spec.init_containers.as_ref().unwrap()[0].image.as_deref(),
+        Some("mine")
+    );
+    assert!(spec.containers[0].env.is_none(), "nothing injected");
+
+    // Generic runtime: a container-name conflict blocks the pod; labels never override the user's.
+    api.create(&PostParams::default(), &sandbox("inj-conflict", json!({
+        "runtimes": [{"name": "traffic-proxy"}],
+        "template": {"spec": {"containers": [{"name": "main", "image": "python:3"}, {"name": "proxy", "image": "mine"}]}}
+    }))).await.unwrap();
+    api.create(&PostParams::default(), &sandbox("inj-labels", json!({
+        "runtimes": [{"name": "traffic-proxy"}],
+        "template": {"metadata": {"labels": {"mesh": "off"}}, "spec": {"containers": [{"name": "main", "image": "python:3"}]}}
+    }))).await.unwrap();
+    // Declared runtime missing from the ConfigMap: no pod, stays Pending.
+    api.create(
+        &PostParams::default(),
+        &sandbox("inj-missing", json!({"runtimes": [{"name": "csi"}]})),
+    )
+    .await
+    .unwrap();
+    wait_phase(&env, "inj-labels", "Running").await;
+    let labels_pod = pods.get("inj-labels").await.unwrap();
+    assert_eq!(labels_pod.labels()["mesh"], "off");
+    assert_eq!(labels_pod.spec.unwrap().containers.len(), 2);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for name in ["inj-conflict", "inj-missing"] {
+        assert!(
+            pods.get_opt(name).await.unwrap().is_none(),
+            "{name} must not get a pod"
+        );
+        let s = phase(&env, name).await.unwrap();
+        assert_eq!(phase_of(&s), "Pending", "{name}");
+    }
+    let log = env.controller_log();
+    assert!(
+        log.contains("inject conflicting with container proxy"),
+        "conflict is reported"
+    );
+    assert!(
+        log.contains("injection template csi not found"),
+        "missing template is reported"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_manifests_apply_unchanged_and_work() {
+    let env = Env::new("seeds").await;
+    let dir = test_support::repo_root().join("tests/controller/seeds");
+    for f in [
+        "sandbox.yaml",
+        "sandboxset-code-interpreter.yaml",
+        "sandboxclaim.yaml",
+    ] {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        env.cluster
+            .apply_yaml_str_in(&text, &env.ns)
+            .await
+            .unwrap_or_else(|e| panic!("{f}: {e}"));
+    }
+    // The bare sandbox gets its PVC and its pod.
+    wait_phase(&env, "sandbox-sample", "Running").await;
+    let pvcs: Api<PersistentVolumeClaim> = env.api();
+    let pvc = pvcs
+        .get("www-sandbox-sample")
+        .await
+        .expect("PVC from volumeClaimTemplates");
+    assert_eq!(pvc.owner_references()[0].name, "sandbox-sample");
+    // The misspelt key survives in the schemaless template.
+    let raw: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        env.client(),
+        &env.ns,
+        &kube::api::ApiResource::erase::<SandboxSet>(&()),
+    );
+    let set = raw.get("code-interpreter").await.unwrap();
+    assert_eq!(
+        set.data["spec"]["template"]["spec"]["containers"][0]["ImagePullPolicy"],
+        "IfNotPresent"
+    );
+    // The claim takes 3 sandboxes (2 from stock, the rest created) with its labels.
+    let claims: Api<SandboxClaim> = env.api();
+    env.eventually(
+        "sample claim completes",
+        Duration::from_secs(90),
+        || async {
+            let c = claims
+                .get("sandboxclaim-sample")
+                .await
+                .map_err(|e| e.to_string())?;
+            let st = c.status.unwrap_or_default();
+            if st.phase.as_deref() == Some("Completed") && st.claimed_replicas == 3 {
+                Ok(())
+            } else {
+                Err(format!("{st:?}"))
+            }
+        },
+    )
+    .await;
+    let claimed = env.sandboxes("claim-id=sandboxclaim-sample").await;
+    assert_eq!(claimed.len(), 3);
+    for s in claimed {
+        assert_eq!(s.labels()[LABEL_SANDBOX_CLAIMED], "true");
+        assert_eq!(s.annotations()["claim-purpose"], "integration-test");
+        // Upstream skips runtime init for a set that neither declares `agent-runtime` nor has an
+        // init container named `runtime` (this one's is called `init`).
+        assert!(
+            !s.annotations()
+                .contains_key(ANNOTATION_INIT_RUNTIME_REQUEST)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_killed_mid_way_converges_after_restart() {
+    let mut env = Env::new("crash").await;
+    let sets: Api<SandboxSet> = env.api();
+    let set: SandboxSet = serde_json::from_value(json!({
+        "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxSet", "metadata": {"name": "crash"},
+        "spec": {"replicas": 30, "template": {"spec": {"containers": [{"name": "main", "image": "python:3"}]}}}
+    })).unwrap();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    let claim: SandboxClaim = serde_json::from_value(json!({
+        "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxClaim", "metadata": {"name": "crash-claim"},
+        "spec": {"templateName": "crash", "replicas": 5, "claimTimeout": "2m"}
+    })).unwrap();
+    env.api::<SandboxClaim>()
+        .create(&PostParams::default(), &claim)
+        .await
+        .unwrap();
+    // Kill -9 while the pool is filling.
+    env.eventually("some sandboxes exist", Duration::from_secs(30), || async {
+        let n = env
+            .sandboxes(&format!("{LABEL_SANDBOX_POOL}=crash"))
+            .await
+            .len();
+        if n >= 5 { Ok(()) } else { Err(format!("{n}")) }
+    })
+    .await;
+    env.controller.as_mut().unwrap().child.kill_now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    env.controller = Some(ControllerProcess::start(
+        env.cluster,
+        &env.ns,
+        &["--leader-elect"],
+    ));
+
+    env.eventually(
+        "pool and claim converge",
+        Duration::from_secs(120),
+        || async {
+            let all = env.sandboxes(&format!("{LABEL_SANDBOX_POOL}=crash")).await;
+            let live: Vec<&Sandbox> = all
+                .iter()
+                .filter(|s| s.metadata.deletion_timestamp.is_none())
+                .collect();
+            let unused = live
+                .iter()
+                .filter(|s| {
+                    s.labels().get(LABEL_SANDBOX_CLAIMED).map(String::as_str) == Some("false")
+                })
+                .count();
+            let claimed = live
+                .iter()
+                .filter(|s| {
+                    s.labels().get(LABEL_SANDBOX_CLAIMED).map(String::as_str) == Some("true")
+                })
+                .count();
+            let ready = live
+                .iter()
+                .filter(|s| sandbox_api::state::is_ready(s))
+                .count();
+            let c = env
+                .api::<SandboxClaim>()
+                .get("crash-claim")
+                .await
+                .map_err(|e| e.to_string())?;
+            let st = c.status.unwrap_or_default();
+            if unused == 30
+                && claimed == 5
+                && ready == 35
+                && st.claimed_replicas == 5
+                && st.phase.as_deref() == Some("Completed")
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "unused={unused} claimed={claimed} ready={ready} claim={:?}/{}",
+                    st.phase, st.claimed_replicas
+                ))
+            }
+        },
+    )
+    .await;
+    // Nothing duplicated: every pod belongs to exactly one live sandbox and vice versa.
+    let pods: Api<Pod> = env.api();
+    let pod_list = pods.list(&Default::default()).await.unwrap();
+    let live_pods = pod_list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .count();
+    assert_eq!(live_pods, 35);
+    // The restarted controller holds the lease.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = env.api();
+    let lease = leases
+        .get("f57b9a68.kruise.io")
+        .await
+        .expect("leader lease");
+    assert!(lease.spec.unwrap().holder_identity.is_some());
+}
