@@ -3,7 +3,7 @@
 export SANDBOX_CONTROLLER_BIN := $(CARGO_TARGET_DIR)/debug/sandbox-controller
 CONTROLLER_CHART := charts/kruise-agents-sandbox-controller
 PREPARE_TARGETS += build-controller
-# (chart-check joins EXTRA_TEST_TARGETS once the chart templates land)
+EXTRA_TEST_TARGETS += chart-check
 HELP_LINES += "make test-controller  sandbox-api + sandbox-controller unit tests and apiserver integration tests"
 HELP_LINES += "make chart-check      helm lint + helm template of the controller chart"
 HELP_LINES += "make crdgen           regenerate the CRD YAML in the controller chart from the Rust types"
