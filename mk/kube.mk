@@ -8,18 +8,25 @@ export KUBE_CONTROLLER_MANAGER_BIN := $(KUBE_CACHE)/kubernetes-$(KUBE_VERSION)/b
 export KUBECTL_BIN := $(KUBE_CACHE)/kubernetes-$(KUBE_VERSION)/bin/kubectl
 export ETCD_BIN := $(KUBE_CACHE)/etcd-$(ETCD_VERSION)/bin/etcd
 export HELM_BIN := $(KUBE_CACHE)/helm-$(HELM_VERSION)/bin/helm
-PREPARE_TARGETS += kube-bins
+# The harness's own binaries, for tests of other crates and `make run`-style setups.
+export NODE_SIM_BIN := $(CARGO_TARGET_DIR)/debug/node-sim
+export SIM_POD_BIN := $(CARGO_TARGET_DIR)/debug/sim-pod
+PREPARE_TARGETS += kube-bins kube-harness-bins
 HELP_LINES += "make kube-bins     build kube-apiserver/etcd/kube-controller-manager/kubectl/helm into the cache (once)"
 HELP_LINES += "make test-kube     kube-harness tests (real apiserver + node simulator)"
 HELP_LINES += "make kube-cluster  start a throw-away cluster + node simulator and print its KUBECONFIG"
 
-.PHONY: kube-bins test-kube kube-cluster
+.PHONY: kube-bins kube-harness-bins test-kube kube-cluster
 # The script checks its own stamps, so this is cheap when everything is built.
 kube-bins:
 	scripts/kube/build-bins.sh
 
-test-kube: kube-bins
+kube-harness-bins:
+	$(CARGO) build --locked -p kube-harness --bins
+
+test-kube: kube-bins kube-harness-bins
 	$(CARGO) test --locked -p kube-harness
 
+KUBE_CLUSTER_ARGS ?=
 kube-cluster: kube-bins
-	scripts/kube/start-cluster.sh
+	scripts/kube/start-cluster.sh $(KUBE_CLUSTER_ARGS)

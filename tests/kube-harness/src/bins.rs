@@ -13,6 +13,11 @@ pub const KUBE_CONTROLLER_MANAGER_BIN: &str = "KUBE_CONTROLLER_MANAGER_BIN";
 /// The agent-runtime binary the node simulator runs for each pod by default.
 pub const AGENT_RUNTIME_BIN: &str = "AGENT_RUNTIME_BIN";
 
+/// The `sim-pod` server (built from this crate).
+pub const SIM_POD_BIN: &str = "SIM_POD_BIN";
+/// The `node-sim` binary (built from this crate).
+pub const NODE_SIM_BIN: &str = "NODE_SIM_BIN";
+
 /// The path in environment variable `var`, which must name an existing file.
 pub fn from_env(var: &'static str) -> Result<PathBuf> {
     match std::env::var_os(var) {

@@ -112,6 +112,17 @@ impl NodeSimConfig {
         self
     }
 
+    /// The `sim-pod` server (`SIM_POD_BIN`, built by `make kube-harness-bins`): starts in a
+    /// millisecond and answers `GET /health` with 204 like the agent-runtime.
+    pub fn sim_pod(self) -> Result<Self> {
+        let bin = crate::bins::from_env(crate::bins::SIM_POD_BIN)?;
+        Ok(self.with_command([
+            bin.display().to_string(),
+            "--listen".into(),
+            "{ip}:{port}".into(),
+        ]))
+    }
+
     /// `python3 -m http.server --bind {ip} {port}` with the pod's work directory as its root: a
     /// real server that needs nothing built, for tests that only need something listening.
     pub fn python_http_server(self) -> Self {
@@ -126,6 +137,24 @@ impl NodeSimConfig {
             "{port}",
         ])
     }
+}
+
+/// The real interpreter behind `python3` (resolved once): version-manager shims such as pyenv's
+/// are shell scripts that cost more to start than the server itself.
+fn python3_executable() -> String {
+    static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            std::process::Command::new("python3")
+                .args(["-c", "import sys; print(sys.executable)"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "python3".to_string())
+        })
+        .clone()
 }
 
 /// What the simulator knows about one of its pods (for test assertions and debugging).
