@@ -126,8 +126,9 @@ impl NodeSimConfig {
     /// `python3 -m http.server --bind {ip} {port}` with the pod's work directory as its root: a
     /// real server that needs nothing built, for tests that only need something listening.
     pub fn python_http_server(self) -> Self {
+        let python = python3_executable();
         self.with_command([
-            "python3",
+            python.as_str(),
             "-m",
             "http.server",
             "--bind",
