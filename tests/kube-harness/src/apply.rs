@@ -136,8 +136,9 @@ pub async fn apply_str(
     Ok(applied)
 }
 
-/// Finds the API resource for `gvk`, retrying for a while: a CRD applied a moment ago may not be
-/// in discovery yet.
+/// Finds the API resource for `gvk`. A kind that a CRD in the cluster defines may not be in
+/// discovery yet (just created); that is retried until `timeout`. Any other unknown kind fails at
+/// once.
 async fn resolve_kind(
     client: &kube::Client,
     gvk: &GroupVersionKind,
@@ -147,13 +148,33 @@ async fn resolve_kind(
     loop {
         match discovery::pinned_kind(client, gvk).await {
             Ok(found) => return Ok(found),
-            Err(e) if Instant::now() < deadline => {
+            Err(e) if Instant::now() < deadline && crd_defines(client, gvk).await => {
                 tracing::debug!(?gvk, error = %e, "kind not discoverable yet");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Whether a CRD in the cluster defines `gvk` (served).
+async fn crd_defines(client: &kube::Client, gvk: &GroupVersionKind) -> bool {
+    if gvk.group.is_empty() || !gvk.group.contains('.') {
+        return false;
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let Ok(list) = crds.list(&Default::default()).await else {
+        return false;
+    };
+    list.items.iter().any(|crd| {
+        crd.spec.group == gvk.group
+            && crd.spec.names.kind == gvk.kind
+            && crd
+                .spec
+                .versions
+                .iter()
+                .any(|v| v.name == gvk.version && v.served)
+    })
 }
 
 /// Waits until CRD `name` has condition Established=True and all its served versions are
