@@ -141,7 +141,7 @@ impl KubeCluster {
             None
         };
 
-        let dir = new_cluster_dir()?;
+        let dir = new_scratch_dir("cluster")?;
         let guard = DirGuard(Some(dir.clone()));
         let pki_dir = dir.join("pki");
         std::fs::create_dir_all(&pki_dir).map_err(|e| Error::io("create pki dir", e))?;
@@ -475,19 +475,17 @@ fn spawn(dir: &Path, name: &str, cmd: Command) -> Result<ManagedChild> {
         .map_err(|e| Error::io(format!("start {name}"), e))
 }
 
-/// `$TMPDIR/kube-harness/cluster-<pid>-<random>`; directories of test processes that no longer
+/// `$TMPDIR/kube-harness/<kind>-<pid>-<random>`; directories of test processes that no longer
 /// exist (killed before they could clean up) are removed on the way.
-fn new_cluster_dir() -> Result<PathBuf> {
+pub(crate) fn new_scratch_dir(kind: &str) -> Result<PathBuf> {
     let root = std::env::temp_dir().join("kube-harness");
     std::fs::create_dir_all(&root)
         .map_err(|e| Error::io(format!("create {}", root.display()), e))?;
     if let Ok(entries) = std::fs::read_dir(&root) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = name
-                .strip_prefix("cluster-")
-                .and_then(|r| r.split('-').next())
-                && let Ok(pid) = pid.parse::<u32>()
+            let pid = name.split('-').nth(1).and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid
                 && !Path::new(&format!("/proc/{pid}")).exists()
             {
                 let _ = std::fs::remove_dir_all(e.path());
@@ -495,9 +493,9 @@ fn new_cluster_dir() -> Result<PathBuf> {
         }
     }
     let dir = tempfile::Builder::new()
-        .prefix(&format!("cluster-{}-", std::process::id()))
+        .prefix(&format!("{kind}-{}-", std::process::id()))
         .tempdir_in(&root)
-        .map_err(|e| Error::io("create the cluster directory", e))?;
+        .map_err(|e| Error::io(format!("create a {kind} directory"), e))?;
     Ok(dir.keep())
 }
 

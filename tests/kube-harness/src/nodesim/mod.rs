@@ -190,7 +190,7 @@ pub struct NodeSimulator {
     ip_range: IpRange,
     registry: Registry,
     root: PathBuf,
-    _root_guard: Option<tempfile::TempDir>,
+    _root_guard: Option<RootGuard>,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -236,11 +236,8 @@ impl NodeSimulator {
                 (p.clone(), None)
             }
             None => {
-                let d = tempfile::Builder::new()
-                    .prefix("kube-harness-node-")
-                    .tempdir()
-                    .map_err(|e| Error::io("create the node simulator directory", e))?;
-                (d.path().to_path_buf(), Some(d))
+                let d = crate::cluster::new_scratch_dir("node")?;
+                (d.clone(), Some(RootGuard(d)))
             }
         };
         let registry: Registry = Arc::default();
@@ -359,6 +356,15 @@ impl NodeSimulator {
     /// Stops the simulator: kills every pod process (the pods stay in the API as they are).
     pub fn stop(mut self) {
         self.stop_now();
+    }
+}
+
+/// Removes the simulator's own work directory (after its processes are gone).
+struct RootGuard(PathBuf);
+
+impl Drop for RootGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
