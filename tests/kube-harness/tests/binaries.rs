@@ -124,8 +124,14 @@ async fn node_sim_binary_runs_pods_and_takes_them_down_when_stopped_or_killed() 
                 "--namespace",
                 &ns,
             ])
-            .args(["--ip-range", &range.to_string(), "--port", "18080"])
-            .args([
+            .args(["--ip-range", &range.to_string(), "--port", "18080"]);
+        if signal == libc::SIGTERM {
+            // The default command: the agent-runtime contract (`--listen {ip}:{port}
+            // --default-workdir {workdir}`), played by sim-pod; readiness is its GET /health.
+            cmd.env("AGENT_RUNTIME_BIN", env!("CARGO_BIN_EXE_sim-pod"))
+                .args(["--ready-http-path", "/health"]);
+        } else {
+            cmd.args([
                 "--",
                 "python3",
                 "-m",
@@ -134,6 +140,7 @@ async fn node_sim_binary_runs_pods_and_takes_them_down_when_stopped_or_killed() 
                 "{ip}",
                 "{port}",
             ]);
+        }
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut sim = ManagedChild::spawn("node-sim", cmd, log.path()).unwrap();
 
@@ -150,7 +157,12 @@ async fn node_sim_binary_runs_pods_and_takes_them_down_when_stopped_or_killed() 
         };
         let ip: Ipv4Addr = pod_ip(&p).unwrap();
         assert!(range.contains(ip));
-        let workers = pids_with_cmdline(&format!("--bind {ip} 18080"));
+        let needle = if signal == libc::SIGTERM {
+            format!("--listen {ip}:18080 --default-workdir ")
+        } else {
+            format!("--bind {ip} 18080")
+        };
+        let workers = pids_with_cmdline(&needle);
         assert_eq!(
             workers.len(),
             1,

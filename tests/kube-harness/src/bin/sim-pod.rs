@@ -3,7 +3,10 @@
 //! simulator and the apiserver rather than an interpreter. `GET /health` answers 204 (like the
 //! agent-runtime); any other request answers 200 with the pod name (`POD_NAME`).
 //!
-//! Usage: sim-pod --listen <ip:port>
+//! It takes the agent-runtime's arguments, so it can stand in for it wherever the contract
+//! `--listen <ip:port> --default-workdir <dir>` is all that matters.
+//!
+//! Usage: sim-pod --listen <ip:port> [--default-workdir <dir>]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -37,8 +40,17 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--listen" => listen = args.next().and_then(|v| v.parse().ok()),
+            "--default-workdir" => {
+                if let Some(dir) = args.next()
+                    && let Err(e) =
+                        std::fs::create_dir_all(&dir).and_then(|_| std::env::set_current_dir(&dir))
+                {
+                    eprintln!("sim-pod: --default-workdir {dir}: {e}");
+                    std::process::exit(1);
+                }
+            }
             "-h" | "--help" => {
-                println!("usage: sim-pod --listen <ip:port>");
+                println!("usage: sim-pod --listen <ip:port> [--default-workdir <dir>]");
                 return;
             }
             other => {
