@@ -325,6 +325,55 @@ async fn an_image_change_restarts_the_process() {
 }
 
 #[tokio::test]
+async fn an_in_place_resize_is_reported_without_a_restart() {
+    let (_cluster, ns, sim, pods) = setup("resize").await;
+    let mut p = pod("sized", "img:1");
+    p.spec.as_mut().unwrap().containers[0].resources = Some(
+        serde_json::from_value(serde_json::json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "1", "memory": "256Mi"}}))
+            .unwrap(),
+    );
+    pods.create(&PostParams::default(), &p).await.unwrap();
+    wait::pod_is_ready(&pods, "sized", TIMEOUT).await.unwrap();
+    let pid = sim.pod(&ns, "sized").unwrap().pid.unwrap();
+    let patch = serde_json::json!({"spec": {"containers": [{"name": "main", "resources": {"requests": {"cpu": "200m"}}}]}});
+    pods.patch_subresource(
+        "resize",
+        "sized",
+        &PatchParams::default(),
+        &Patch::Strategic(&patch),
+    )
+    .await
+    .expect("resize");
+    let p = wait::wait_for(&pods, "sized", TIMEOUT, |p| {
+        p.and_then(|p| {
+            let st = p.status.as_ref()?;
+            let cs = st.container_statuses.as_ref()?.first()?;
+            let cpu = cs
+                .resources
+                .as_ref()?
+                .requests
+                .as_ref()?
+                .get("cpu")?
+                .0
+                .clone();
+            Some(cpu == "200m" && st.observed_generation == p.metadata.generation)
+        })
+        .unwrap_or(false)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(pod_ready(&p));
+    let cs = &p.status.unwrap().container_statuses.unwrap()[0];
+    assert_eq!(cs.restart_count, 0);
+    assert_eq!(
+        sim.pod(&ns, "sized").unwrap().pid,
+        Some(pid),
+        "resized in place"
+    );
+}
+
+#[tokio::test]
 async fn readiness_gates_are_honoured() {
     let (_cluster, _ns, _sim, pods) = setup("gates").await;
     let mut p = pod("gated", "img:1");

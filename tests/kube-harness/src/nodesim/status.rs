@@ -177,10 +177,21 @@ pub fn desired_status(pod: &Pod, run: &PodRun, now: &Time) -> PodStatus {
                 ..Default::default()
             };
         }
+        // Resizes take effect at once: what the spec asks for is what runs.
+        let resources =
+            c.resources
+                .as_ref()
+                .map(|r| k8s_openapi::api::core::v1::ResourceRequirements {
+                    limits: r.limits.clone(),
+                    requests: r.requests.clone(),
+                    claims: None,
+                });
         ContainerStatus {
             name: c.name.clone(),
             image: c.image.clone().unwrap_or_default(),
             image_id: image_id(c.image.as_deref().unwrap_or_default()),
+            allocated_resources: resources.as_ref().and_then(|r| r.requests.clone()),
+            resources,
             container_id:
                 (!matches!(run.phase, RunPhase::Waiting { .. } if run.restart_count == 0))
                     .then(|| container_id(&c.name)),
@@ -242,6 +253,7 @@ pub fn desired_status(pod: &Pod, run: &PodRun, now: &Time) -> PodStatus {
             reason: reason.map(str::to_string),
             last_transition_time,
             last_probe_time: None,
+            observed_generation: pod.metadata.generation,
             ..Default::default()
         });
     }
@@ -260,6 +272,7 @@ pub fn desired_status(pod: &Pod, run: &PodRun, now: &Time) -> PodStatus {
         container_statuses: Some(container_statuses),
         init_container_statuses: (!init_statuses.is_empty()).then_some(init_statuses),
         qos_class: current.qos_class.clone(),
+        observed_generation: pod.metadata.generation,
         ..current
     }
 }
@@ -272,13 +285,14 @@ fn owned_view(status: &PodStatus) -> Value {
             .conditions
             .iter()
             .flatten()
-            .map(|c| json!({"type": c.type_, "status": c.status, "reason": c.reason}))
+            .map(|c| json!({"type": c.type_, "status": c.status, "reason": c.reason, "observedGeneration": c.observed_generation}))
             .collect();
         cs.sort_by_key(|c| c["type"].as_str().unwrap_or_default().to_string());
         cs
     };
     json!({
         "phase": status.phase,
+        "observedGeneration": status.observed_generation,
         "hostIP": status.host_ip,
         "podIP": status.pod_ip,
         "podIPs": status.pod_ips,
@@ -301,6 +315,7 @@ pub fn status_patch(pod: &Pod, desired: &PodStatus) -> Option<Value> {
         "metadata": {"resourceVersion": pod.metadata.resource_version},
         "status": {
             "phase": desired.phase,
+            "observedGeneration": desired.observed_generation,
             "conditions": desired.conditions,
             "hostIP": desired.host_ip,
             "hostIPs": desired.host_ips,
@@ -487,6 +502,34 @@ status:
                 .as_deref(),
             Some("Failed")
         );
+    }
+
+    #[test]
+    fn reports_resources_and_observed_generation() {
+        let mut p = pod("metadata: {name: p, uid: u1, generation: 3}
+spec:
+  containers:
+  - name: main
+    image: img
+    resources: {requests: {cpu: 250m}, limits: {cpu: '1'}}
+");
+        let r = run(RunPhase::Running {
+            started_at: t(101),
+            ready: true,
+        });
+        let s = desired_status(&p, &r, &t(102));
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!(cond(&s, "Ready").observed_generation, Some(3));
+        let cs = &s.container_statuses.as_ref().unwrap()[0];
+        assert_eq!(
+            cs.resources.as_ref().unwrap().requests.as_ref().unwrap()["cpu"].0,
+            "250m"
+        );
+        assert_eq!(cs.allocated_resources.as_ref().unwrap()["cpu"].0, "250m");
+        // A newer generation (e.g. a resize) needs a new write.
+        p.status = Some(s);
+        p.metadata.generation = Some(4);
+        assert!(status_patch(&p, &desired_status(&p, &r, &t(103))).is_some());
     }
 
     #[test]
