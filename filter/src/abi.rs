@@ -61,6 +61,27 @@ pub struct ModuleHttpHeader {
     pub value_length: usize,
 }
 
+/// A header owned by Envoy (valid until the hook returns or a header setter is called).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct EnvoyHttpHeader {
+    pub key_ptr: *const c_char,
+    pub key_length: usize,
+    pub value_ptr: *const c_char,
+    pub value_length: usize,
+}
+
+impl EnvoyHttpHeader {
+    pub const fn empty() -> Self {
+        EnvoyHttpHeader {
+            key_ptr: std::ptr::null(),
+            key_length: 0,
+            value_ptr: std::ptr::null(),
+            value_length: 0,
+        }
+    }
+}
+
 /// A string key/value pair owned by the module (metadata batches).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -101,13 +122,15 @@ unsafe extern "C" {
     pub fn envoy_dynamic_module_callback_log(level: i32, message: ModuleBuffer);
     pub fn envoy_dynamic_module_callback_log_enabled(level: i32) -> bool;
 
-    pub fn envoy_dynamic_module_callback_http_get_header(
+    pub fn envoy_dynamic_module_callback_http_get_headers_size(
         filter: FilterEnvoyPtr,
         header_type: i32,
-        key: ModuleBuffer,
-        result: *mut EnvoyBuffer,
-        index: usize,
-        optional_size: *mut usize,
+    ) -> usize;
+
+    pub fn envoy_dynamic_module_callback_http_get_headers(
+        filter: FilterEnvoyPtr,
+        header_type: i32,
+        result: *mut EnvoyHttpHeader,
     ) -> bool;
 
     pub fn envoy_dynamic_module_callback_http_set_header(
@@ -193,13 +216,17 @@ mod test_stubs {
         false
     }
     #[unsafe(no_mangle)]
-    extern "C" fn envoy_dynamic_module_callback_http_get_header(
+    extern "C" fn envoy_dynamic_module_callback_http_get_headers_size(
         _: FilterEnvoyPtr,
         _: i32,
-        _: ModuleBuffer,
-        _: *mut EnvoyBuffer,
-        _: usize,
-        _: *mut usize,
+    ) -> usize {
+        0
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn envoy_dynamic_module_callback_http_get_headers(
+        _: FilterEnvoyPtr,
+        _: i32,
+        _: *mut EnvoyHttpHeader,
     ) -> bool {
         false
     }

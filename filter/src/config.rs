@@ -143,7 +143,6 @@ pub struct GatewayConfig {
     pub sandbox_cluster: String,
     pub metadata_namespace: String,
     pub metadata_key: String,
-    pub routes: RouteSource,
 }
 
 fn valid_header_name(s: &str) -> bool {
@@ -212,7 +211,10 @@ fn convert_routes(specs: Vec<RouteSpec>) -> Result<Vec<(String, Route)>, ConfigE
 
 impl GatewayConfig {
     /// Parses and validates the bytes Envoy hands over. Empty input means all defaults.
-    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
+    ///
+    /// The route source comes back separately: static routes move into the table, and the
+    /// config, which lives as long as the listener, must not keep a second copy of them.
+    pub fn parse(bytes: &[u8]) -> Result<(Self, RouteSource), ConfigError> {
         let text = std::str::from_utf8(bytes).map_err(|_| ConfigError::NotUtf8)?;
         let text = if text.trim().is_empty() { "{}" } else { text };
         let mut de = serde_json::Deserializer::from_str(text);
@@ -285,7 +287,7 @@ impl GatewayConfig {
             (None, None) => RouteSource::None,
         };
 
-        Ok(GatewayConfig {
+        let config = GatewayConfig {
             table: raw.table,
             identify: IdentifyConfig {
                 sandbox_header: raw.sandbox_header,
@@ -299,8 +301,8 @@ impl GatewayConfig {
             sandbox_cluster: raw.sandbox_cluster,
             metadata_namespace: raw.metadata_namespace,
             metadata_key: raw.metadata_key,
-            routes,
-        })
+        };
+        Ok((config, routes))
     }
 }
 
@@ -310,21 +312,21 @@ mod tests {
 
     #[test]
     fn empty_config_is_all_defaults_without_routes() {
-        let c = GatewayConfig::parse(b"").unwrap();
+        let (c, routes) = GatewayConfig::parse(b"").unwrap();
+        assert!(matches!(routes, RouteSource::None));
         assert_eq!(c.table, "default");
         assert_eq!(c.identify.default_port, 49983);
         assert_eq!(c.envd_port, 49983);
         assert_eq!(c.sandbox_cluster, "sandboxes");
-        assert!(matches!(c.routes, RouteSource::None));
-        let c = GatewayConfig::parse(b"{}").unwrap();
-        assert!(matches!(c.routes, RouteSource::None));
+        let (_, routes) = GatewayConfig::parse(b"{}").unwrap();
+        assert!(matches!(routes, RouteSource::None));
     }
 
     #[test]
     fn static_routes_are_validated() {
         let ok = br#"{"routes":[{"id":"a","namespace":"ns","name":"a","uid":"u","resourceVersion":"3","ip":"127.0.0.1","state":"running"}]}"#;
-        let c = GatewayConfig::parse(ok).unwrap();
-        assert!(matches!(c.routes, RouteSource::Static(ref v) if v.len() == 1));
+        let (_, routes) = GatewayConfig::parse(ok).unwrap();
+        assert!(matches!(routes, RouteSource::Static(ref v) if v.len() == 1));
 
         let dup = br#"{"routes":[
             {"id":"a","namespace":"ns","name":"a","uid":"u","resourceVersion":"3","ip":"127.0.0.1","state":"running"},

@@ -9,8 +9,8 @@
 use std::ffi::c_void;
 
 use crate::abi::{
-    self, ConfigEnvoyPtr, EnvoyBuffer, FilterEnvoyPtr, ModuleBuffer, ModuleHttpHeader,
-    ModuleKeyValue,
+    self, ConfigEnvoyPtr, EnvoyBuffer, EnvoyHttpHeader, FilterEnvoyPtr, ModuleBuffer,
+    ModuleHttpHeader, ModuleKeyValue,
 };
 use crate::gateway::RequestView;
 use crate::identify::HeaderField;
@@ -151,29 +151,44 @@ impl EnvoyStream {
         EnvoyStream { ptr }
     }
 
-    /// All values of a request header, as absent / one / repeated.
-    pub fn request_header(&self, name: &str) -> HeaderField<'_> {
-        let mut buf = EnvoyBuffer::empty();
-        let mut count = 0usize;
-        // SAFETY: `self.ptr` is the live stream (constructor contract); the key points into
-        // `name` for the call; `buf` and `count` are valid out-pointers.
-        let found = unsafe {
-            abi::envoy_dynamic_module_callback_http_get_header(
+    /// A snapshot of the request headers (pseudo-headers included), taken with two callbacks and
+    /// no allocation for up to [`INLINE_HEADERS`] headers. It borrows the stream, so no header
+    /// setter can run while it is alive.
+    pub fn request_headers(&self) -> RequestHeaders<'_> {
+        // SAFETY: live stream (constructor contract).
+        let n = unsafe {
+            abi::envoy_dynamic_module_callback_http_get_headers_size(
                 self.ptr,
                 abi::HEADER_TYPE_REQUEST,
-                ModuleBuffer::from_bytes(name.as_bytes()),
-                &mut buf,
-                0,
-                &mut count,
             )
         };
-        match (found, count) {
-            (false, _) | (true, 0) => HeaderField::Absent,
-            // SAFETY: Envoy returned this buffer for the current hook; the result borrows `self`,
-            // so no setter (which needs `&mut self`) can run while it is alive.
-            (true, 1) => HeaderField::One(unsafe { envoy_slice(buf) }),
-            _ => HeaderField::Repeated,
+        let mut snapshot = RequestHeaders {
+            stream: self,
+            inline: [EnvoyHttpHeader::empty(); INLINE_HEADERS],
+            heap: Vec::new(),
+            len: 0,
+        };
+        if n == 0 {
+            return snapshot;
         }
+        let out = if n <= INLINE_HEADERS {
+            snapshot.inline.as_mut_ptr()
+        } else {
+            snapshot.heap = vec![EnvoyHttpHeader::empty(); n];
+            snapshot.heap.as_mut_ptr()
+        };
+        // SAFETY: `out` points to at least `n` writable entries, the count Envoy just reported
+        // for this map; nothing mutates the map in between (we hold `&self`).
+        if unsafe {
+            abi::envoy_dynamic_module_callback_http_get_headers(
+                self.ptr,
+                abi::HEADER_TYPE_REQUEST,
+                out,
+            )
+        } {
+            snapshot.len = n;
+        }
+        snapshot
     }
 
     /// Replaces all values of a request header.
@@ -297,12 +312,83 @@ impl EnvoyStream {
     }
 }
 
-impl RequestView for EnvoyStream {
+/// Headers read at once from Envoy; see [`EnvoyStream::request_headers`].
+pub const INLINE_HEADERS: usize = 48;
+
+/// Request headers of one stream, valid while it borrows the stream.
+pub struct RequestHeaders<'s> {
+    stream: &'s EnvoyStream,
+    inline: [EnvoyHttpHeader; INLINE_HEADERS],
+    heap: Vec<EnvoyHttpHeader>,
+    len: usize,
+}
+
+impl std::fmt::Debug for RequestHeaders<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestHeaders")
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl<'s> RequestHeaders<'s> {
+    fn entries(&self) -> &[EnvoyHttpHeader] {
+        if self.heap.is_empty() {
+            &self.inline[..self.len.min(INLINE_HEADERS)]
+        } else {
+            &self.heap[..self.len]
+        }
+    }
+
+    fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'s [u8]> + 'a {
+        self.entries().iter().filter_map(move |h| {
+            // SAFETY: Envoy filled these entries for the current hook; the map cannot change
+            // while `self` borrows the stream (setters need `&mut EnvoyStream`), so both slices
+            // stay valid for 's.
+            let key = unsafe {
+                envoy_slice(EnvoyBuffer {
+                    ptr: h.key_ptr,
+                    length: h.key_length,
+                })
+            };
+            // SAFETY: as above.
+            (key == name.as_bytes()).then(|| unsafe {
+                envoy_slice(EnvoyBuffer {
+                    ptr: h.value_ptr,
+                    length: h.value_length,
+                })
+            })
+        })
+    }
+
+    /// A header by its lower-case name: absent, one value, or repeated.
+    pub fn get(&self, name: &str) -> HeaderField<'s> {
+        let mut it = self.values(name);
+        match (it.next(), it.next()) {
+            (None, _) => HeaderField::Absent,
+            (Some(v), None) => HeaderField::One(v),
+            _ => HeaderField::Repeated,
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.values(name).next().is_some()
+    }
+}
+
+impl RequestView for RequestHeaders<'_> {
     fn header(&self, name: &str) -> HeaderField<'_> {
-        self.request_header(name)
+        self.get(name)
     }
 
     fn routed_cluster(&self) -> Option<&[u8]> {
+        self.stream.routed_cluster()
+    }
+}
+
+impl EnvoyStream {
+    /// The cluster Envoy's route table picked (computes and caches the route if needed).
+    pub fn routed_cluster(&self) -> Option<&[u8]> {
         let mut buf = EnvoyBuffer::empty();
         // SAFETY: live stream; `buf` is a valid out-pointer.
         let found =

@@ -401,8 +401,8 @@ mod tests {
 
     fn gateway(specs: Vec<RouteSpec>) -> Gateway {
         let table = Arc::new(RouteTable::new());
-        table.replace_all(specs.into_iter().map(|s| s.into_route().unwrap()));
-        Gateway::new(GatewayConfig::parse(b"{}").unwrap(), table)
+        table.replace_all(specs.into_iter().map(|s| s.into_route().unwrap()).collect());
+        Gateway::new(GatewayConfig::parse(b"{}").unwrap().0, table)
     }
 
     fn forward(g: &Gateway, r: &Req) -> (String, Option<String>, bool) {
@@ -478,7 +478,7 @@ mod tests {
     #[test]
     fn unsynced_table_answers_503() {
         let g = Gateway::new(
-            GatewayConfig::parse(b"{}").unwrap(),
+            GatewayConfig::parse(b"{}").unwrap().0,
             Arc::new(RouteTable::new()),
         );
         let r = reply(&g, &Req::new(&[("e2b-sandbox-id", "a")]));
@@ -624,6 +624,13 @@ mod tests {
             g.decide(&Req::new(&envd)),
             Decision::Forward { .. }
         ));
+    }
+
+    #[test]
+    fn outcome_indexes_match_their_position() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i);
+        }
     }
 
     #[test]

@@ -18,8 +18,12 @@ use crate::ffi::{self, EnvoyConfig, EnvoyStream, Level};
 use crate::gateway::{Decision, Gateway, Outcome, internal_error};
 use crate::table::RouteTable;
 
-/// Name of the request counter (label `outcome`) and the route-table gauge.
-pub const REQUESTS_COUNTER: &str = "gateway_requests";
+/// Prefix of the per-outcome request counters, `gateway_requests.outcome.<outcome>`. They are
+/// separate unlabeled counters because a labeled increment makes Envoy intern the label value
+/// through its symbol table on every request; the `outcome` tag is restored by a
+/// `stats_config.stats_tags` rule in the bootstrap, so Prometheus still sees
+/// `envoy_sandbox_gateway_requests{outcome="…"}`.
+pub const REQUESTS_COUNTER_PREFIX: &str = "gateway_requests.outcome.";
 pub const ROUTES_GAUGE: &str = "gateway_routes";
 
 /// The header a client could use to pick an arbitrary upstream on an ORIGINAL_DST cluster.
@@ -28,7 +32,8 @@ const ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
 /// Everything one `filter_config` needs at request time; shared by all workers.
 struct FilterConfig {
     gateway: Gateway,
-    requests: Option<usize>,
+    /// Counter ids by `Outcome as usize`.
+    requests: [Option<usize>; Outcome::ALL.len()],
     routes_gauge: Option<usize>,
     published_generation: AtomicU64,
 }
@@ -67,12 +72,12 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
 
 fn new_config(envoy: EnvoyConfig, name: &[u8], raw: &[u8]) -> Result<FilterConfig, String> {
     let name = String::from_utf8_lossy(name);
-    let config =
+    let (config, routes) =
         GatewayConfig::parse(raw).map_err(|e| format!("filter {name:?}: invalid config: {e}"))?;
     let table = RouteTable::named(&config.table);
-    match &config.routes {
+    match routes {
         RouteSource::Static(routes) => {
-            table.replace_all(routes.iter().cloned());
+            table.replace_all(routes);
             ffi::log(
                 Level::Info,
                 &format!(
@@ -90,10 +95,10 @@ fn new_config(envoy: EnvoyConfig, name: &[u8], raw: &[u8]) -> Result<FilterConfi
             ),
         ),
     }
-    let labels = ["outcome"];
-    let requests = envoy.define_counter(REQUESTS_COUNTER, &labels);
+    let requests = Outcome::ALL
+        .map(|o| envoy.define_counter(&format!("{REQUESTS_COUNTER_PREFIX}{}", o.label()), &[]));
     let routes_gauge = envoy.define_gauge(ROUTES_GAUGE);
-    if requests.is_none() || routes_gauge.is_none() {
+    if requests.iter().any(Option::is_none) || routes_gauge.is_none() {
         ffi::log(
             Level::Warn,
             &format!("filter {name:?}: Envoy refused to define the module's stats"),
@@ -168,11 +173,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
 }
 
 fn apply(cfg: &FilterConfig, stream: &mut EnvoyStream) -> i32 {
-    // Never let a client choose the upstream through Envoy's ORIGINAL_DST header.
-    stream.remove_request_header(ORIGINAL_DST_HEADER);
     let gw = &cfg.gateway.config;
-    let decision = cfg.gateway.decide(&*stream);
+    let headers = stream.request_headers();
+    let decision = cfg.gateway.decide(&headers);
     let outcome = decision.outcome();
+    // Never let a client choose the upstream through Envoy's ORIGINAL_DST header.
+    let spoofed = headers.contains(ORIGINAL_DST_HEADER);
     let status = match decision {
         Decision::Forward {
             sandbox_id,
@@ -188,16 +194,25 @@ fn apply(cfg: &FilterConfig, stream: &mut EnvoyStream) -> i32 {
                     ("sandbox_id", sandbox_id),
                 ],
             );
-            if let Some(path) = rewrite_path {
+            if rewrite_path.is_some() {
                 // Pin the route chosen for the original path before changing it.
-                let _ = crate::gateway::RequestView::routed_cluster(&*stream);
+                let _ = stream.routed_cluster();
+            }
+            if ffi::log_enabled(Level::Debug) {
+                ffi::log(
+                    Level::Debug,
+                    &format!("{sandbox_id}: routed to {upstream:?}"),
+                );
+            }
+            // Header setters from here on: the snapshot and the id borrowed from it are done.
+            if spoofed {
+                stream.remove_request_header(ORIGINAL_DST_HEADER);
+            }
+            if let Some(path) = rewrite_path {
                 stream.set_request_header(":path", path.as_bytes());
             }
             if strip_traffic_token {
                 stream.remove_request_header(&gw.traffic_token_header);
-            }
-            if ffi::log_enabled(Level::Debug) {
-                ffi::log(Level::Debug, &format!("routed to {upstream:?}"));
             }
             abi::HEADERS_STATUS_CONTINUE
         }
@@ -216,15 +231,20 @@ fn apply(cfg: &FilterConfig, stream: &mut EnvoyStream) -> i32 {
             );
             abi::HEADERS_STATUS_STOP_ITERATION
         }
-        Decision::PassThrough => abi::HEADERS_STATUS_CONTINUE,
+        Decision::PassThrough => {
+            if spoofed {
+                stream.remove_request_header(ORIGINAL_DST_HEADER);
+            }
+            abi::HEADERS_STATUS_CONTINUE
+        }
     };
     count(cfg, stream, outcome);
     status
 }
 
 fn count(cfg: &FilterConfig, stream: &EnvoyStream, outcome: Outcome) {
-    if let Some(id) = cfg.requests {
-        stream.increment_counter(id, &[outcome.label()], 1);
+    if let Some(id) = cfg.requests[outcome as usize] {
+        stream.increment_counter(id, &[], 1);
     }
     if let Some(id) = cfg.routes_gauge {
         let generation = cfg.gateway.table.generation();

@@ -67,7 +67,12 @@ impl Default for RouteTable {
 impl RouteTable {
     pub fn new() -> Self {
         RouteTable {
-            routes: papaya::HashMap::builder().hasher(Hasher::default()).build(),
+            // Blocking resizes: a resize completes inside the (rare) write that triggers it, so
+            // readers never probe two tables and no half-migrated table lingers in memory.
+            routes: papaya::HashMap::builder()
+                .hasher(Hasher::default())
+                .resize_mode(papaya::ResizeMode::Blocking)
+                .build(),
             writer: Mutex::new(Fences {
                 by_id: HashMap::new(),
                 last_sweep: Instant::now(),
@@ -197,15 +202,18 @@ impl RouteTable {
 
     /// Replaces the whole content (a state-of-the-world update): routes not in `routes` are
     /// removed, the others installed as given, and the table is marked synced.
-    pub fn replace_all(&self, routes: impl IntoIterator<Item = (String, Route)>) {
+    pub fn replace_all(&self, routes: Vec<(String, Route)>) {
         let _w = self.lock_writer();
         let guard = self.routes.guard();
-        let mut keep = std::collections::HashSet::new();
+        let keep: std::collections::HashSet<&str> =
+            routes.iter().map(|(id, _)| id.as_str()).collect();
+        self.routes.retain(|k, _| keep.contains(&**k), &guard);
+        drop(keep);
+        self.routes
+            .reserve(routes.len().saturating_sub(self.routes.len()), &guard);
         for (id, route) in routes {
-            keep.insert(id.clone());
             self.routes.insert(id.into_boxed_str(), route, &guard);
         }
-        self.routes.retain(|k, _| keep.contains(&**k), &guard);
         self.bump();
         self.mark_synced();
     }

@@ -187,3 +187,32 @@ fn envoy_refuses_to_start_with_a_bad_filter_config() {
     );
     std::fs::remove_dir_all(path.parent().unwrap()).ok();
 }
+
+#[test]
+fn prometheus_sees_outcomes_as_labels() {
+    let up = gateway_tests::Upstream::start("u", "127.0.0.1");
+    let gw = GatewayBuilder::new()
+        .routes(vec![route("s", "127.0.0.1", "running")])
+        .start();
+    let port = up.port().to_string();
+    for _ in 0..3 {
+        gateway_tests::request(
+            gw.addr,
+            "GET",
+            "/",
+            &[("e2b-sandbox-id", "s"), ("e2b-sandbox-port", &port)],
+            None,
+        );
+    }
+    gateway_tests::request(gw.addr, "GET", "/", &[("e2b-sandbox-id", "nope")], None);
+    let m = gateway_tests::request(gw.metrics, "GET", "/metrics", &[], None).text();
+    assert!(
+        m.contains("envoy_sandbox_gateway_requests{outcome=\"routed\"} 3"),
+        "{m}"
+    );
+    assert!(
+        m.contains("envoy_sandbox_gateway_requests{outcome=\"not_found\"} 1"),
+        "{m}"
+    );
+    assert!(m.contains("envoy_sandbox_gateway_routes{} 1"), "{m}");
+}

@@ -159,7 +159,11 @@ fn concurrent_clients_on_every_worker() {
             let (addr, port) = (gw.addr, port.clone());
             std::thread::spawn(move || {
                 for i in 0..100 {
-                    let id = if (t + i).is_multiple_of(5) { "nope" } else { "s" };
+                    let id = if (t + i).is_multiple_of(5) {
+                        "nope"
+                    } else {
+                        "s"
+                    };
                     let r = request(
                         addr,
                         "GET",
