@@ -98,7 +98,6 @@ impl ExternalProcessor for Router {
                 {
                     break;
                 }
-                }
             }
         });
         Ok(tonic::Response::new(Box::pin(output)))
