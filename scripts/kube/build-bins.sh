@@ -64,10 +64,19 @@ build_module() {
     mkdir -p "$out"
     tmp="$(mktemp -d "$out/.build.XXXXXX")"
     # -trimpath and -s -w: smaller binaries and no paths of this machine in them.
-    local spec
+    # Packages that keep their own name are built in one go command, so compiling and linking
+    # of the binaries overlap; renamed ones one at a time.
+    local spec plain=()
     for spec in "$@"; do
-        (cd "$MODULES/$module" && go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/$(bin_name "$spec")" "${spec%%=*}")
+        if [[ "$spec" == *=* ]]; then
+            (cd "$MODULES/$module" && go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/$(bin_name "$spec")" "${spec%%=*}")
+        else
+            plain+=("$spec")
+        fi
     done
+    if [[ ${#plain[@]} -gt 0 ]]; then
+        (cd "$MODULES/$module" && go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/" "${plain[@]}")
+    fi
     for spec in "$@"; do mv -f "$tmp/$(bin_name "$spec")" "$out/"; done
     rmdir "$tmp"
     echo "$hash" >"$stamp"
