@@ -20,6 +20,8 @@ use crate::process::ManagedChild;
 /// How long a freshly started process may take to listen before its (not yet ready) status is
 /// written anyway; saves one status write per pod in the common case.
 const FIRST_REPORT_HOLD: Duration = Duration::from_secs(1);
+/// A process that ran at least this long before exiting restarts with the initial back-off.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 
 fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
@@ -193,7 +195,6 @@ impl Worker {
                     if let RunPhase::Running { ready, .. } = &mut self.run.phase {
                         *ready = true;
                     }
-                    self.backoff = self.shared.cfg.restart_backoff;
                     self.report_hold_until = None;
                 }
                 _ = tokio::time::sleep_until(restart_at) => {}
@@ -364,6 +365,13 @@ impl Worker {
         let term = self.termination(exit, started_at);
         tracing::info!(pod = %self.name, code = term.exit_code, "pod process exited");
         self.process = None;
+        // Like the kubelet, a run that lasted a while starts the back-off over.
+        let ran_for = term.finished_at.0.duration_since(term.started_at.0);
+        if ran_for
+            >= k8s_openapi::jiff::SignedDuration::from_secs(BACKOFF_RESET_AFTER.as_secs() as i64)
+        {
+            self.backoff = self.shared.cfg.restart_backoff;
+        }
         if status::restarts(pod, term.exit_code) {
             self.run.phase = RunPhase::Waiting {
                 reason: "CrashLoopBackOff".into(),
