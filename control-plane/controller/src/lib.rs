@@ -3,9 +3,11 @@
 //! Pure domain logic (no I/O, unit- and property-tested): [`pool`] (warm-pool arithmetic),
 //! [`claim`] (candidate picking, claim patches, claim phases), [`lifecycle`] (the Sandbox state
 //! machine and timers), [`revision`] (revision hashes), [`injection`] (runtime injection),
-//! [`podgen`] (pod construction), [`conditions`]. Kube adapters live in [`reconcile`]; process
-//! wiring (leases, HTTP endpoints, admission) in [`leader`], [`server`], [`run`].
+//! [`podgen`] (pod construction), [`updateops`] + [`smp`] (update ops planning, strategic merge
+//! patch), [`admission`] (webhook rules), [`conditions`]. Kube adapters live in [`reconcile`]; process
+//! wiring (leases, HTTP endpoints, admission) in [`leader`], [`server`], [`webhook`], [`run`].
 
+pub mod admission;
 pub mod claim;
 pub mod conditions;
 pub mod context;
@@ -20,3 +22,6 @@ pub mod reconcile;
 pub mod revision;
 pub mod run;
 pub mod server;
+pub mod smp;
+pub mod updateops;
+pub mod webhook;

@@ -65,6 +65,32 @@ struct Args {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE")]
     namespace: Option<String>,
+    /// Concurrent SandboxUpdateOps reconciles.
+    #[arg(long, env = "SANDBOXUPDATEOPS_WORKERS", default_value_t = 1)]
+    sandboxupdateops_workers: u16,
+    /// Serve the admission webhooks (`ENABLE_WEBHOOKS=false` disables them, as upstream).
+    #[arg(long, env = "ENABLE_WEBHOOKS", default_value_t = true, action = clap::ArgAction::Set)]
+    enable_webhooks: bool,
+    /// HTTPS address of the admission webhooks.
+    #[arg(long, env = "WEBHOOK_BIND_ADDRESS", default_value = "0.0.0.0:9443")]
+    webhook_bind_address: SocketAddr,
+    /// Service fronting the webhooks (certificate SANs `<svc>.<ns>.svc`).
+    #[arg(
+        long,
+        env = "WEBHOOK_SERVICE_NAME",
+        default_value = "sandbox-controller-webhook-service"
+    )]
+    webhook_service_name: String,
+    /// The controller's own identity: the only user allowed to delete sandbox pods directly.
+    #[arg(
+        long,
+        env = "SANDBOX_CONTROLLER_USERNAME",
+        default_value = "system:serviceaccount:sandbox-system:sandbox-controller-manager"
+    )]
+    controller_username: String,
+    /// persistentContents given to SandboxSets created without any (comma list of ip,memory,filesystem).
+    #[arg(long, env = "DEFAULT_PERSISTENT_CONTENTS", value_delimiter = ',')]
+    default_persistent_contents: Vec<String>,
     /// Log as JSON lines.
     #[arg(long, env = "LOG_JSON", default_value_t = false)]
     log_json: bool,
@@ -127,7 +153,26 @@ async fn main() -> anyhow::Result<()> {
         sandbox: args.sandbox_workers,
         sandboxset: args.sandboxset_workers,
         sandboxclaim: args.sandboxclaim_workers,
+        updateops: args.sandboxupdateops_workers,
     };
+
+    // Webhooks are served by every replica, leader or not.
+    let webhook_srv = args.enable_webhooks.then(|| {
+        let cfg = sandbox_controller::webhook::WebhookConfig {
+            bind: args.webhook_bind_address,
+            namespace: args.system_namespace.clone(),
+            service: args.webhook_service_name.clone(),
+            controller_user: args.controller_username.clone(),
+            default_persistent_contents: args.default_persistent_contents.clone(),
+        };
+        let client = client.clone();
+        let stop = http_stop();
+        tokio::spawn(async move {
+            if let Err(e) = sandbox_controller::webhook::serve(client, cfg, stop).await {
+                tracing::error!(error = %e, "admission webhook server failed");
+            }
+        })
+    });
 
     let identity = format!(
         "{}_{:08x}",
@@ -198,6 +243,9 @@ async fn main() -> anyhow::Result<()> {
         metrics.leader.set(0);
     }
     let _ = metrics_srv.await;
+    if let Some(w) = webhook_srv {
+        let _ = w.await;
+    }
     if let Some(h) = health_srv {
         let _ = h.await;
     }

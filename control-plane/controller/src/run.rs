@@ -9,18 +9,19 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
-use sandbox_api::keys::{LABEL_CREATED_BY, LABEL_SANDBOX_POOL};
-use sandbox_api::{Sandbox, SandboxClaim, SandboxSet};
+use sandbox_api::keys::{LABEL_CREATED_BY, LABEL_SANDBOX_POOL, LABEL_UPDATE_OPS};
+use sandbox_api::{Sandbox, SandboxClaim, SandboxSet, SandboxUpdateOps};
 use tokio::sync::watch;
 
 use crate::context::Context;
-use crate::reconcile::{self, claim, sandbox, sandboxset};
+use crate::reconcile::{self, claim, sandbox, sandboxset, updateops};
 
 #[derive(Debug, Clone)]
 pub struct Workers {
     pub sandbox: u16,
     pub sandboxset: u16,
     pub sandboxclaim: u16,
+    pub updateops: u16,
 }
 
 /// Runs the three controllers until `stop` flips to true.
@@ -54,6 +55,7 @@ pub async fn run_controllers(
         Api<SandboxSet>,
         Api<SandboxClaim>,
     ) = api(&client);
+    let sandboxes_for_ops = sandboxes.clone();
     let pod_cfg = watcher::Config::default().labels(&format!("{LABEL_CREATED_BY}=sandbox"));
 
     let sandbox_ctl = Controller::new(sandboxes.clone(), watcher::Config::default())
@@ -94,8 +96,31 @@ pub async fn run_controllers(
         )
         .for_each(|_| async {});
 
+    let ops_api: Api<SandboxUpdateOps> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let ops_ctl = Controller::new(ops_api, watcher::Config::default())
+        .watches(
+            sandboxes_for_ops,
+            watcher::Config::default().labels(LABEL_UPDATE_OPS),
+            |s: Sandbox| {
+                let ns = s.namespace()?;
+                let ops = s.labels().get(LABEL_UPDATE_OPS)?.clone();
+                Some(ObjectRef::<SandboxUpdateOps>::new(&ops).within(&ns))
+            },
+        )
+        .with_config(kube::runtime::controller::Config::default().concurrency(workers.updateops))
+        .graceful_shutdown_on(shutdown(stop.clone()))
+        .run(
+            updateops::reconcile,
+            |_, e, _| reconcile::error_policy(updateops::NAME, e),
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
     tracing::info!("controllers started");
-    tokio::join!(sandbox_ctl, set_ctl, claim_ctl);
+    tokio::join!(sandbox_ctl, set_ctl, claim_ctl, ops_ctl);
     tracing::info!("controllers stopped");
 }
 

@@ -37,6 +37,7 @@ pub async fn install_crds(cluster: &KubeCluster) {
 pub struct ControllerProcess {
     pub child: ManagedChild,
     pub metrics_port: u16,
+    pub webhook_port: u16,
 }
 
 impl ControllerProcess {
@@ -46,6 +47,7 @@ impl ControllerProcess {
         let bin = test_support::artifact_from_env("SANDBOX_CONTROLLER_BIN");
         let port = test_support::free_port();
         let health = test_support::free_port();
+        let webhook = test_support::free_port();
         let mut cmd = Command::new(bin);
         cmd.env("KUBECONFIG", cluster.kubeconfig_path())
             .env("RUST_LOG", "info,kube=warn,sandbox_controller=debug")
@@ -59,6 +61,10 @@ impl ControllerProcess {
             .arg(format!("127.0.0.1:{port}"))
             .arg("--health-probe-bind-address")
             .arg(format!("127.0.0.1:{health}"))
+            .arg("--webhook-bind-address")
+            .arg(format!("127.0.0.1:{webhook}"))
+            .arg("--webhook-service-name")
+            .arg("localhost")
             .args(extra);
         let log = cluster
             .dir()
@@ -68,6 +74,7 @@ impl ControllerProcess {
         ControllerProcess {
             child,
             metrics_port: port,
+            webhook_port: webhook,
         }
     }
 

@@ -3,6 +3,7 @@
 pub mod claim;
 pub mod sandbox;
 pub mod sandboxset;
+pub mod updateops;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
