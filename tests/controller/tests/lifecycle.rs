@@ -469,3 +469,170 @@ async fn controller_killed_mid_way_converges_after_restart() {
         .expect("leader lease");
     assert!(lease.spec.unwrap().holder_identity.is_some());
 }
+
+/// A stand-in runtime for the pod process: records the body of `POST /init` in its work
+/// directory (the real agent-runtime is not built yet; the HTTP path is the same).
+const INIT_RECORDER: &str = r#"
+import http.server, os, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get('content-length', 0)))
+        if self.path == '/init':
+            with open(os.path.join(sys.argv[3], 'init.json'), 'wb') as f:
+                f.write(body)
+        self.send_response(204)
+        self.end_headers()
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_env_vars_reach_the_runtime_through_init() {
+    let env = Env::new("init").await;
+    let command = serde_json::to_string(&[
+        "python3",
+        "-c",
+        INIT_RECORDER,
+        "{ip}",
+        "{port}",
+        "{workdir}",
+    ])
+    .unwrap();
+    let set: SandboxSet = serde_json::from_value(json!({
+        "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxSet", "metadata": {"name": "rt"},
+        "spec": {"replicas": 1, "template": {
+            "metadata": {"annotations": {kube_harness::COMMAND_ANNOTATION: command}},
+            "spec": {"initContainers": [{"name": "runtime", "image": "agent-runtime:test", "restartPolicy": "Always"}],
+                     "containers": [{"name": "main", "image": "python:3"}]}}}
+    })).unwrap();
+    env.api::<SandboxSet>()
+        .create(&PostParams::default(), &set)
+        .await
+        .unwrap();
+    let claim: SandboxClaim = serde_json::from_value(json!({
+        "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxClaim", "metadata": {"name": "with-env"},
+        "spec": {"templateName": "rt", "envVars": {"API_KEY": "sk-1", "DEBUG": "true"}}
+    })).unwrap();
+    env.api::<SandboxClaim>()
+        .create(&PostParams::default(), &claim)
+        .await
+        .unwrap();
+    let sbx = env
+        .eventually("runtime initialised", Duration::from_secs(60), || async {
+            let l = env.sandboxes("agents.kruise.io/claim-name=with-env").await;
+            let Some(s) = l.into_iter().next() else {
+                return Err("not claimed yet".into());
+            };
+            let done = s.status.as_ref().is_some_and(|st| {
+                st.conditions
+                    .iter()
+                    .any(|c| c.type_ == "RuntimeInitialized" && c.status == "True")
+            });
+            if done {
+                Ok(s)
+            } else {
+                Err(format!("{:?}", s.status.as_ref().map(|s| &s.conditions)))
+            }
+        })
+        .await;
+    let sim = env
+        .sim
+        .pod(&env.ns, &sbx.name_any())
+        .expect("simulated pod");
+    let body: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(sim.workdir.join("init.json")).expect("init.json written"),
+    )
+    .unwrap();
+    assert_eq!(body["envVars"]["API_KEY"], "sk-1");
+    assert_eq!(body["envVars"]["DEBUG"], "true");
+    assert_eq!(
+        body["accessToken"].as_str(),
+        sbx.annotations()
+            .get(ANNOTATION_RUNTIME_ACCESS_TOKEN)
+            .map(String::as_str)
+    );
+}
+
+fn http_get(port: u16, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_events_and_graceful_shutdown() {
+    let mut env = Env::new("ops").await;
+    env.controller.as_mut().unwrap().child.kill_now();
+    env.controller = Some(ControllerProcess::start(
+        env.cluster,
+        &env.ns,
+        &["--leader-elect"],
+    ));
+    let port = env.controller.as_ref().unwrap().metrics_port;
+    let api: Api<Sandbox> = env.api();
+    api.create(&PostParams::default(), &sandbox("m1", json!({})))
+        .await
+        .unwrap();
+    wait_phase(&env, "m1", "Running").await;
+    let text = env
+        .eventually("metrics exposed", Duration::from_secs(20), || async {
+            let (code, body) = http_get(port, "/metrics");
+            if code == 200
+                && body.contains("sandbox_controller_reconcile_total{controller=\"sandbox\"}")
+            {
+                Ok(body)
+            } else {
+                Err(body)
+            }
+        })
+        .await;
+    assert!(text.contains("sandbox_controller_pods_created_total"));
+    assert!(
+        text.contains("sandbox_controller_leader 1"),
+        "leader gauge set"
+    );
+    assert_eq!(http_get(port, "/healthz").0, 200);
+    assert_eq!(http_get(port, "/readyz").0, 200);
+    // Phase events are recorded on the sandbox.
+    let events: Api<k8s_openapi::api::events::v1::Event> = env.api();
+    env.eventually("SandboxRunning event", Duration::from_secs(20), || async {
+        let l = events
+            .list(&Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let reasons: Vec<String> = l.items.iter().filter_map(|e| e.reason.clone()).collect();
+        if reasons.iter().any(|r| r == "SandboxRunning") {
+            Ok(())
+        } else {
+            Err(format!("{reasons:?}"))
+        }
+    })
+    .await;
+    // SIGTERM: clean exit and the lease is released for a standby.
+    let ctl = env.controller.as_mut().unwrap();
+    ctl.child.signal(15);
+    let status = tokio::time::timeout(Duration::from_secs(25), ctl.child.wait())
+        .await
+        .expect("exits after SIGTERM");
+    assert!(status.success(), "exit status {status:?}\n{}", ctl.log());
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = env.api();
+    let lease = leases.get("f57b9a68.kruise.io").await.unwrap();
+    assert!(
+        lease.spec.unwrap().holder_identity.is_none(),
+        "lease released on shutdown"
+    );
+}
