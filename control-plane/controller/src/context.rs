@@ -3,8 +3,8 @@
 //! claim workers of this process off the same sandbox (the resourceVersion check is what makes
 //! claims safe across processes; this only avoids needless conflicts).
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -15,6 +15,8 @@ use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use sandbox_api::Sandbox;
 
 use crate::metrics::Metrics;
 
@@ -48,6 +50,13 @@ pub struct Context {
     recorder: Recorder,
     pub http: HttpClient<HttpConnector, Full<Bytes>>,
     picks: Mutex<HashSet<String>>,
+    /// The Sandbox controller's cache, used by claims to find candidates without listing the
+    /// pool from the apiserver on every reconcile (a stale candidate just loses its
+    /// resourceVersion check).
+    pub sandbox_store: OnceLock<Store<Sandbox>>,
+    /// resourceVersion of our last write per sandbox UID: a reconcile that sees an older
+    /// version in the cache waits for the watch to catch up instead of acting on stale data.
+    written: Mutex<HashMap<String, u64>>,
 }
 
 impl Context {
@@ -67,6 +76,8 @@ impl Context {
             metrics,
             http: HttpClient::builder(TokioExecutor::new()).build(connector),
             picks: Mutex::new(HashSet::new()),
+            sandbox_store: OnceLock::new(),
+            written: Mutex::new(HashMap::new()),
         })
     }
 
@@ -95,5 +106,37 @@ impl Context {
 
     pub fn unpick(&self, key: &str) {
         self.picks.lock().expect("picks").remove(key);
+    }
+
+    /// Records the resourceVersion a write of ours produced.
+    pub fn wrote(&self, uid: Option<&str>, rv: Option<&str>) {
+        if let (Some(uid), Some(rv)) = (uid, rv.and_then(|r| r.parse::<u64>().ok())) {
+            let mut w = self.written.lock().expect("written");
+            let e = w.entry(uid.to_string()).or_insert(0);
+            *e = (*e).max(rv);
+        }
+    }
+
+    /// True if the cached object predates our last write to it.
+    pub fn is_stale(&self, uid: Option<&str>, rv: Option<&str>) -> bool {
+        let (Some(uid), Some(rv)) = (uid, rv.and_then(|r| r.parse::<u64>().ok())) else {
+            return false;
+        };
+        let mut w = self.written.lock().expect("written");
+        match w.get(uid) {
+            Some(&mine) if rv < mine => true,
+            Some(_) => {
+                w.remove(uid);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets a deleted object.
+    pub fn forget(&self, uid: Option<&str>) {
+        if let Some(uid) = uid {
+            self.written.lock().expect("written").remove(uid);
+        }
     }
 }

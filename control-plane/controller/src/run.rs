@@ -58,7 +58,9 @@ pub async fn run_controllers(
     let sandboxes_for_ops = sandboxes.clone();
     let pod_cfg = watcher::Config::default().labels(&format!("{LABEL_CREATED_BY}=sandbox"));
 
-    let sandbox_ctl = Controller::new(sandboxes.clone(), watcher::Config::default())
+    let sandbox_ctl = Controller::new(sandboxes.clone(), watcher::Config::default());
+    let _ = ctx.sandbox_store.set(sandbox_ctl.store());
+    let sandbox_ctl = sandbox_ctl
         .owns(pods, pod_cfg)
         .with_config(kube::runtime::controller::Config::default().concurrency(workers.sandbox))
         .graceful_shutdown_on(shutdown(stop.clone()))

@@ -60,6 +60,7 @@ fn new_token() -> String {
 }
 
 async fn write_status(
+    ctx: &Context,
     api: &Api<SandboxClaim>,
     claim: &SandboxClaim,
     st: &SandboxClaimStatus,
@@ -71,11 +72,22 @@ async fn write_status(
         .patch_status(
             &claim.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(json!({ "status": st })),
+            // Guarded by the version the counts were computed from: a reconcile that ran on a
+            // stale copy of the claim can't overwrite newer progress.
+            &Patch::Merge(json!({
+                "metadata": {"resourceVersion": claim.metadata.resource_version},
+                "status": st,
+            })),
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(updated) => {
+            ctx.wrote(
+                updated.metadata.uid.as_deref(),
+                updated.metadata.resource_version.as_deref(),
+            );
+            Ok(())
+        }
         Err(e) if is_status(&e, 404) => Ok(()),
         Err(e) => Err(e.into()),
     }
@@ -90,6 +102,12 @@ enum Outcome {
 async fn reconcile_inner(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<Action> {
     if claim.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
+    }
+    if ctx.is_stale(
+        claim.metadata.uid.as_deref(),
+        claim.metadata.resource_version.as_deref(),
+    ) {
+        return Ok(Action::requeue(Duration::from_millis(50)));
     }
     let ns = claim.namespace().unwrap_or_default();
     let claims: Api<SandboxClaim> = Api::namespaced(ctx.client.clone(), &ns);
@@ -111,7 +129,7 @@ async fn reconcile_inner(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<
                 st.message.as_deref().unwrap_or(""),
             )
             .await;
-            write_status(&claims, &claim, &st).await?;
+            write_status(&ctx, &claims, &claim, &st).await?;
             return Ok(Action::requeue(Duration::from_secs(1)));
         };
         if let Err(msg) = validate_claim_metadata(&claim) {
@@ -128,13 +146,13 @@ async fn reconcile_inner(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<
                 now,
             );
             ctx.event(&oref, true, "InvalidClaim", &msg).await;
-            write_status(&claims, &claim, &st).await?;
+            write_status(&ctx, &claims, &claim, &st).await?;
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
         return claim_from(&ctx, &claim, &set, &claims, &sandboxes, &uid, now).await;
     }
     let (st, step) = claim_progress(&claim, 0, now);
-    write_status(&claims, &claim, &st).await?;
+    write_status(&ctx, &claims, &claim, &st).await?;
     completed(&claims, &claim, step).await
 }
 
@@ -177,11 +195,31 @@ async fn claim_from(
 ) -> Result<Action> {
     let claim_name = claim.name_any();
     // Live sandboxes already owned by this claim (recovers a lost status write).
-    let mine = sandboxes
-        .list(&ListParams::default().labels(&format!("{LABEL_CLAIM_NAME}={claim_name}")))
-        .await?;
+    // The claim's status (fresh: see `is_stale`) is authoritative; this only recovers a status
+    // write lost in a crash, for which the cache (listed anew at start-up) is enough.
+    let mine: Vec<Sandbox> = match ctx.sandbox_store.get() {
+        Some(store) => {
+            store
+                .wait_until_ready()
+                .await
+                .map_err(|e| crate::error::Error::InvalidSpec(e.to_string()))?;
+            let ns = claim.namespace().unwrap_or_default();
+            store
+                .state()
+                .iter()
+                .filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
+                .filter(|s| s.labels().get(LABEL_CLAIM_NAME) == Some(&claim_name))
+                .map(|s| (**s).clone())
+                .collect()
+        }
+        None => {
+            sandboxes
+                .list(&ListParams::default().labels(&format!("{LABEL_CLAIM_NAME}={claim_name}")))
+                .await?
+                .items
+        }
+    };
     let actual = mine
-        .items
         .iter()
         .filter(|s| owned_by_claim(s, uid))
         .filter(|s| sandbox_state(s, now) != SandboxState::Dead)
@@ -189,20 +227,37 @@ async fn claim_from(
         .count() as i32;
     let (mut st, step) = claim_progress(claim, actual, now);
     let ClaimStep::Claim(want) = step else {
-        write_status(claims, claim, &st).await?;
+        write_status(ctx, claims, claim, &st).await?;
         return completed(claims, claim, step).await;
     };
     let want = want.min(ctx.settings.claim_max_batch);
 
     let set_name = set.name_any();
-    let pool = sandboxes
-        .list(&ListParams::default().labels(&format!(
-            "{LABEL_SANDBOX_POOL}={set_name},{LABEL_SANDBOX_CLAIMED}=false"
-        )))
-        .await?;
+    let selector = format!("{LABEL_SANDBOX_POOL}={set_name},{LABEL_SANDBOX_CLAIMED}=false");
+    let pool: Vec<Sandbox> = match ctx.sandbox_store.get() {
+        Some(store) => {
+            let ns = claim.namespace().unwrap_or_default();
+            store
+                .state()
+                .iter()
+                .filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
+                .filter(|s| s.labels().get(LABEL_SANDBOX_POOL) == Some(&set_name))
+                .filter(|s| {
+                    s.labels().get(LABEL_SANDBOX_CLAIMED).map(String::as_str) == Some("false")
+                })
+                .map(|s| (**s).clone())
+                .collect()
+        }
+        None => {
+            sandboxes
+                .list(&ListParams::default().labels(&selector))
+                .await?
+                .items
+        }
+    };
     let update_revision = set.status.as_ref().and_then(|s| s.update_revision.clone());
     let start = rand::random::<u32>() as usize;
-    let candidates = pick_candidates(&pool.items, update_revision.as_deref(), now, start);
+    let candidates = pick_candidates(&pool, update_revision.as_deref(), now, start);
     let next = AtomicUsize::new(0);
     let init_wanted = !claim.spec.skip_init_runtime.unwrap_or(false) && wants_init(set);
     let create_on_no_stock = claim.spec.create_on_no_stock.unwrap_or(true);
@@ -234,7 +289,6 @@ async fn claim_from(
                     continue;
                 }
                 let sbx = pool
-                    .items
                     .iter()
                     .find(|s| &s.name_any() == name)
                     .expect("candidate from pool");
@@ -247,7 +301,11 @@ async fn claim_from(
                     .await;
                 ctx.unpick(&key);
                 match res {
-                    Ok(_) => {
+                    Ok(updated) => {
+                        ctx.wrote(
+                            updated.metadata.uid.as_deref(),
+                            updated.metadata.resource_version.as_deref(),
+                        );
                         ctx.metrics.claim("claimed");
                         return Ok(Outcome::Claimed);
                     }
@@ -307,7 +365,7 @@ async fn claim_from(
         )
         .await;
     }
-    write_status(claims, claim, &st).await?;
+    write_status(ctx, claims, claim, &st).await?;
     if let Some(e) = err {
         return Err(e.into());
     }

@@ -192,6 +192,13 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
     let sandboxes: Api<Sandbox> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let oref = sbx.object_ref(&());
+    if ctx.is_stale(
+        sbx.metadata.uid.as_deref(),
+        sbx.metadata.resource_version.as_deref(),
+    ) {
+        // Our own newer write is on its way through the watch; act on that, not on this.
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
     let pod = pods.get_opt(&name).await?;
     let deleting = sbx.metadata.deletion_timestamp.is_some();
     let terminal = matches!(
@@ -291,6 +298,10 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
                 &Patch::Merge(json!({ "metadata": meta_patch })),
             )
             .await?;
+        ctx.wrote(
+            updated.metadata.uid.as_deref(),
+            updated.metadata.resource_version.as_deref(),
+        );
         rv = updated.metadata.resource_version;
     }
 
@@ -322,7 +333,7 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
                         &msg,
                         now,
                     );
-                    write_status(&sandboxes, &sbx, rv.as_deref(), &status).await?;
+                    write_status(&ctx, &sandboxes, &sbx, rv.as_deref(), &status).await?;
                     return Err(e.into());
                 }
             };
@@ -343,7 +354,7 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
                         &msg,
                         now,
                     );
-                    write_status(&sandboxes, &sbx, rv.as_deref(), &status).await?;
+                    write_status(&ctx, &sandboxes, &sbx, rv.as_deref(), &status).await?;
                     return Err(e.into());
                 }
             }
@@ -420,13 +431,19 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
             .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
             .await
         {
-            Ok(updated) => rv = updated.metadata.resource_version,
+            Ok(updated) => {
+                ctx.wrote(
+                    updated.metadata.uid.as_deref(),
+                    updated.metadata.resource_version.as_deref(),
+                );
+                rv = updated.metadata.resource_version;
+            }
             Err(e) if is_status(&e, 404) => return Ok(Action::await_change()),
             Err(e) => return Err(e.into()),
         }
     }
     if !deleting {
-        write_status(&sandboxes, &sbx, rv.as_deref(), &status).await?;
+        write_status(&ctx, &sandboxes, &sbx, rv.as_deref(), &status).await?;
     }
     Ok(match plan.requeue_after {
         Some(d) => Action::requeue(d.max(Duration::from_millis(100))),
@@ -435,6 +452,7 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
 }
 
 async fn write_status(
+    ctx: &Context,
     api: &Api<Sandbox>,
     sbx: &Sandbox,
     rv: Option<&str>,
@@ -455,7 +473,13 @@ async fn write_status(
         )
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(updated) => {
+            ctx.wrote(
+                updated.metadata.uid.as_deref(),
+                updated.metadata.resource_version.as_deref(),
+            );
+            Ok(())
+        }
         Err(e) if is_status(&e, 404) => Ok(()),
         Err(e) => Err(e.into()),
     }
