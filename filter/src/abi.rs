@@ -121,6 +121,20 @@ pub type ConfigEnvoyPtr = *mut c_void;
 unsafe extern "C" {
     pub fn envoy_dynamic_module_callback_log(level: i32, message: ModuleBuffer);
     pub fn envoy_dynamic_module_callback_log_enabled(level: i32) -> bool;
+    pub fn envoy_dynamic_module_callback_is_validation_mode() -> bool;
+
+    /// A scheduler that runs `on_http_filter_config_scheduled` on the main thread; `commit` may
+    /// be called from any thread.
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config: ConfigEnvoyPtr,
+    ) -> *mut c_void;
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+        scheduler: *mut c_void,
+    );
 
     pub fn envoy_dynamic_module_callback_http_get_headers_size(
         filter: FilterEnvoyPtr,
@@ -214,6 +228,27 @@ mod test_stubs {
     #[unsafe(no_mangle)]
     extern "C" fn envoy_dynamic_module_callback_log_enabled(_: i32) -> bool {
         false
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn envoy_dynamic_module_callback_is_validation_mode() -> bool {
+        false
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        _: ConfigEnvoyPtr,
+    ) -> *mut c_void {
+        std::ptr::null_mut()
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        _: *mut c_void,
+        _: u64,
+    ) {
+    }
+    #[unsafe(no_mangle)]
+    extern "C" fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(
+        _: *mut c_void,
+    ) {
     }
     #[unsafe(no_mangle)]
     extern "C" fn envoy_dynamic_module_callback_http_get_headers_size(

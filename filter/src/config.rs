@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::identify::IdentifyConfig;
 use crate::route::{Route, RouteError, RouteSpec};
+use crate::xds_client::{XdsSource, default_node_id};
 
 /// Why a filter config was rejected.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +32,7 @@ pub enum ConfigError {
     },
     #[error("{0} and {1} must differ")]
     SameHeader(&'static str, &'static str),
-    #[error("routes and routes_file are mutually exclusive")]
+    #[error("only one route source may be set: routes, routes_file or xds")]
     TwoRouteSources,
     #[error("route #{index} ({id}): {source}")]
     Route {
@@ -121,6 +122,21 @@ struct RawConfig {
     /// Static routes from a JSON file (an array of routes), for large tables.
     #[serde(default)]
     routes_file: Option<PathBuf>,
+    /// Routes from sandbox-xds (a delta-xDS subscription to `SandboxRoute`).
+    #[serde(default)]
+    xds: Option<RawXds>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawXds {
+    /// `http://host:port` of sandbox-xds.
+    address: String,
+    /// Node id announced to the server (default `<hostname>/<pid>`).
+    #[serde(default)]
+    node_id: Option<String>,
+    #[serde(default)]
+    cluster: Option<String>,
 }
 
 /// Where the table gets its routes from.
@@ -130,6 +146,8 @@ pub enum RouteSource {
     None,
     /// A fixed list from the config (validated).
     Static(Vec<(String, Route)>),
+    /// A subscription to sandbox-xds.
+    Xds(XdsSource),
 }
 
 /// A validated filter configuration.
@@ -272,6 +290,12 @@ impl GatewayConfig {
             }
         }
 
+        let sources = usize::from(raw.routes.is_some())
+            + usize::from(raw.routes_file.is_some())
+            + usize::from(raw.xds.is_some());
+        if sources > 1 {
+            return Err(ConfigError::TwoRouteSources);
+        }
         let routes = match (raw.routes, raw.routes_file) {
             (Some(_), Some(_)) => return Err(ConfigError::TwoRouteSources),
             (Some(specs), None) => RouteSource::Static(convert_routes(specs)?),
@@ -284,7 +308,26 @@ impl GatewayConfig {
                     .map_err(|source| ConfigError::RoutesFileJson { path, source })?;
                 RouteSource::Static(convert_routes(specs)?)
             }
-            (None, None) => RouteSource::None,
+            (None, None) => match raw.xds {
+                Some(x) => {
+                    if !(x.address.starts_with("http://") || x.address.starts_with("https://")) {
+                        return Err(ConfigError::Invalid {
+                            field: "xds.address",
+                            what: "an http:// or https:// URL of sandbox-xds",
+                            value: x.address,
+                        });
+                    }
+                    RouteSource::Xds(XdsSource {
+                        address: x.address,
+                        node_id: x
+                            .node_id
+                            .filter(|n| !n.is_empty())
+                            .unwrap_or_else(default_node_id),
+                        cluster: x.cluster.unwrap_or_default(),
+                    })
+                }
+                None => RouteSource::None,
+            },
         };
 
         let config = GatewayConfig {
@@ -323,6 +366,25 @@ mod tests {
     }
 
     #[test]
+    fn xds_source() {
+        let (_, routes) = GatewayConfig::parse(
+            br#"{"xds":{"address":"http://127.0.0.1:18000","node_id":"gw-1"}}"#,
+        )
+        .unwrap();
+        match routes {
+            RouteSource::Xds(x) => {
+                assert_eq!(x.address, "http://127.0.0.1:18000");
+                assert_eq!(x.node_id, "gw-1");
+            }
+            other => panic!("{other:?}"),
+        }
+        let (_, routes) = GatewayConfig::parse(br#"{"xds":{"address":"http://h:1"}}"#).unwrap();
+        assert!(
+            matches!(routes, RouteSource::Xds(ref x) if x.node_id.ends_with(&format!("/{}", std::process::id())))
+        );
+    }
+
+    #[test]
     fn static_routes_are_validated() {
         let ok = br#"{"routes":[{"id":"a","namespace":"ns","name":"a","uid":"u","resourceVersion":"3","ip":"127.0.0.1","state":"running"}]}"#;
         let (_, routes) = GatewayConfig::parse(ok).unwrap();
@@ -356,7 +418,10 @@ mod tests {
             (br#"{"sandbox_header":":authority"}"#, "sandbox_header must be a lower-case"),
             (br#"{"traffic_token_header":"x-access-token"}"#, "must differ"),
             (br#"{"path_prefix":"kruise"}"#, "path_prefix"),
-            (br#"{"routes":[],"routes_file":"/x"}"#, "mutually exclusive"),
+            (br#"{"routes":[],"routes_file":"/x"}"#, "only one route source"),
+            (br#"{"routes":[],"xds":{"address":"http://x:1"}}"#, "only one route source"),
+            (br#"{"xds":{"address":"x:1"}}"#, "xds.address must be an http"),
+            (br#"{"xds":{"adress":"http://x:1"}}"#, "unknown field `adress`"),
             (br#"{"routes_file":"/nonexistent/routes.json"}"#, "cannot read routes_file"),
             (br#"{"routes":[{"id":"a"}]}"#, "missing field `namespace`"),
             (br#"{"routes":[{"id":"a","namespace":"n","name":"a","uid":"u","resourceVersion":"1","state":"sleeping"}]}"#, "field `routes[0].state`: unknown variant"),

@@ -58,6 +58,71 @@ pub fn log(level: Level, message: &str) {
     }
 }
 
+/// True when Envoy runs in `--mode validate` (configs are loaded, nothing serves), where the
+/// module must not start background work.
+pub fn is_validation_mode() -> bool {
+    // SAFETY: no arguments; reads a process-wide flag.
+    unsafe { abi::envoy_dynamic_module_callback_is_validation_mode() }
+}
+
+/// Keeps this shared object mapped for the life of the process, even when Envoy drops the last
+/// filter config that uses it (a background thread may still be running module code). Returns
+/// false if the library could not be pinned.
+pub fn pin_module() -> bool {
+    let mut info = std::mem::MaybeUninit::<libc::Dl_info>::zeroed();
+    let anchor = pin_module as *const () as *const c_void;
+    // SAFETY: `anchor` is an address inside this library and `info` is a valid out-pointer.
+    if unsafe { libc::dladdr(anchor, info.as_mut_ptr()) } == 0 {
+        return false;
+    }
+    // SAFETY: dladdr succeeded, so `info` is initialised.
+    let info = unsafe { info.assume_init() };
+    if info.dli_fname.is_null() {
+        return false;
+    }
+    // SAFETY: `dli_fname` is the NUL-terminated path of this loaded library. RTLD_NOLOAD only
+    // takes another reference to the already-loaded object, and RTLD_NODELETE makes it permanent;
+    // the handle is deliberately leaked.
+    let handle = unsafe {
+        libc::dlopen(
+            info.dli_fname,
+            libc::RTLD_NOW | libc::RTLD_NOLOAD | libc::RTLD_NODELETE,
+        )
+    };
+    !handle.is_null()
+}
+
+/// Runs `on_http_filter_config_scheduled` on Envoy's main thread when committed (from any
+/// thread). Deleted explicitly with [`ConfigScheduler::delete`] while no commit can race it.
+#[derive(Debug)]
+pub struct ConfigScheduler {
+    ptr: *mut c_void,
+}
+
+// SAFETY: the ABI documents `scheduler_commit` as callable from any thread; the pointer itself is
+// only dereferenced by Envoy.
+unsafe impl Send for ConfigScheduler {}
+// SAFETY: as above, `commit` takes `&self` and is thread-safe on Envoy's side.
+unsafe impl Sync for ConfigScheduler {}
+
+impl ConfigScheduler {
+    /// Queues `on_http_filter_config_scheduled(event_id)` on the main thread.
+    pub fn commit(&self, event_id: u64) {
+        // SAFETY: `ptr` is a live scheduler (deleted only by `delete`, which consumes self).
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+                self.ptr, event_id,
+            )
+        }
+    }
+
+    /// Frees the scheduler. The caller guarantees no other thread commits concurrently.
+    pub fn delete(self) {
+        // SAFETY: `ptr` came from `scheduler_new` and is deleted exactly once (self is consumed).
+        unsafe { abi::envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.ptr) }
+    }
+}
+
 /// Converts an Envoy-owned buffer into a slice tied to `'a`.
 ///
 /// # Safety
@@ -120,6 +185,15 @@ impl EnvoyConfig {
             )
         };
         (rc == abi::METRICS_SUCCESS).then_some(id)
+    }
+
+    /// A scheduler bound to this config (main-thread only, during `config_new`).
+    pub fn new_scheduler(&self) -> Option<ConfigScheduler> {
+        // SAFETY: `self.ptr` is a live config handle (type contract).
+        let ptr = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_config_scheduler_new(self.ptr)
+        };
+        (!ptr.is_null()).then_some(ConfigScheduler { ptr })
     }
 
     /// Sets a gauge defined on this config.

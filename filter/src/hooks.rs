@@ -10,13 +10,14 @@
 
 use std::ffi::{c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::abi::{self, EnvoyBuffer};
 use crate::config::{GatewayConfig, RouteSource};
-use crate::ffi::{self, EnvoyConfig, EnvoyStream, Level};
+use crate::ffi::{self, ConfigScheduler, EnvoyConfig, EnvoyStream, Level};
 use crate::gateway::{Decision, Gateway, Outcome, internal_error};
 use crate::table::RouteTable;
+use crate::xds_client::{self, Watcher, XdsClient};
 
 /// Prefix of the per-outcome request counters, `gateway_requests.outcome.<outcome>`. They are
 /// separate unlabeled counters because a labeled increment makes Envoy intern the label value
@@ -25,6 +26,10 @@ use crate::table::RouteTable;
 /// `envoy_sandbox_gateway_requests{outcome="…"}`.
 pub const REQUESTS_COUNTER_PREFIX: &str = "gateway_requests.outcome.";
 pub const ROUTES_GAUGE: &str = "gateway_routes";
+/// 1 while the xDS stream is up (tables fed by sandbox-xds only).
+pub const XDS_CONNECTED_GAUGE: &str = "gateway_xds_connected";
+/// Seconds since the last applied xDS response (since start, before the first one).
+pub const XDS_AGE_GAUGE: &str = "gateway_xds_last_update_age_seconds";
 
 /// The header a client could use to pick an arbitrary upstream on an ORIGINAL_DST cluster.
 const ORIGINAL_DST_HEADER: &str = "x-envoy-original-dst-host";
@@ -34,8 +39,66 @@ struct FilterConfig {
     gateway: Gateway,
     /// Counter ids by `Outcome as usize`.
     requests: [Option<usize>; Outcome::ALL.len()],
-    routes_gauge: Option<usize>,
-    published_generation: AtomicU64,
+    gauges: Gauges,
+    /// The xDS client feeding the table, and this config's watcher registration on it.
+    xds: Option<(Arc<XdsClient>, u64)>,
+    created: std::time::Instant,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Gauges {
+    routes: Option<usize>,
+    xds_connected: Option<usize>,
+    xds_age: Option<usize>,
+}
+
+impl Drop for FilterConfig {
+    fn drop(&mut self) {
+        // After `remove_watcher` returns the client never commits to this config's scheduler
+        // again; dropping the watcher then deletes the scheduler.
+        if let Some((client, token)) = self.xds.take() {
+            drop(client.remove_watcher(token));
+        }
+    }
+}
+
+/// Wakes the config's `on_http_filter_config_scheduled` on the main thread, where the xDS
+/// gauges are published (the client thread never touches Envoy's config directly).
+struct SchedulerWatcher(Option<ConfigScheduler>);
+
+impl Watcher for SchedulerWatcher {
+    fn notify(&self) {
+        if let Some(s) = &self.0 {
+            s.commit(0);
+        }
+    }
+}
+
+impl Drop for SchedulerWatcher {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            s.delete();
+        }
+    }
+}
+
+/// Publishes the table and xDS gauges (main thread).
+fn publish_gauges(cfg: &FilterConfig, envoy: EnvoyConfig) {
+    if let Some(id) = cfg.gauges.routes {
+        envoy.set_gauge(id, cfg.gateway.table.len() as u64);
+    }
+    if let Some((client, _)) = &cfg.xds {
+        if let Some(id) = cfg.gauges.xds_connected {
+            envoy.set_gauge(id, u64::from(client.status.connected()));
+        }
+        if let Some(id) = cfg.gauges.xds_age {
+            let age = client
+                .status
+                .last_update_age_secs()
+                .unwrap_or_else(|| cfg.created.elapsed().as_secs());
+            envoy.set_gauge(id, age);
+        }
+    }
 }
 
 /// Runs `f`, turning a panic into `fallback` and an error log line.
@@ -75,6 +138,10 @@ fn new_config(envoy: EnvoyConfig, name: &[u8], raw: &[u8]) -> Result<FilterConfi
     let (config, routes) =
         GatewayConfig::parse(raw).map_err(|e| format!("filter {name:?}: invalid config: {e}"))?;
     let table = RouteTable::named(&config.table);
+    let xds_source = match &routes {
+        RouteSource::Xds(source) => Some(source.clone()),
+        _ => None,
+    };
     match routes {
         RouteSource::Static(routes) => {
             table.replace_all(routes);
@@ -87,6 +154,7 @@ fn new_config(envoy: EnvoyConfig, name: &[u8], raw: &[u8]) -> Result<FilterConfi
                 ),
             );
         }
+        RouteSource::Xds(_) => {}
         RouteSource::None => ffi::log(
             Level::Warn,
             &format!(
@@ -97,23 +165,62 @@ fn new_config(envoy: EnvoyConfig, name: &[u8], raw: &[u8]) -> Result<FilterConfi
     }
     let requests = Outcome::ALL
         .map(|o| envoy.define_counter(&format!("{REQUESTS_COUNTER_PREFIX}{}", o.label()), &[]));
-    let routes_gauge = envoy.define_gauge(ROUTES_GAUGE);
-    if requests.iter().any(Option::is_none) || routes_gauge.is_none() {
+    let gauges = Gauges {
+        routes: envoy.define_gauge(ROUTES_GAUGE),
+        xds_connected: envoy.define_gauge(XDS_CONNECTED_GAUGE),
+        xds_age: envoy.define_gauge(XDS_AGE_GAUGE),
+    };
+    if requests.iter().any(Option::is_none)
+        || gauges.routes.is_none()
+        || gauges.xds_connected.is_none()
+        || gauges.xds_age.is_none()
+    {
         ffi::log(
             Level::Warn,
             &format!("filter {name:?}: Envoy refused to define the module's stats"),
         );
     }
-    let generation = table.generation();
-    if let Some(id) = routes_gauge {
-        envoy.set_gauge(id, table.len() as u64);
-    }
-    Ok(FilterConfig {
+    let xds = match &xds_source {
+        Some(source) if ffi::is_validation_mode() => {
+            ffi::log(
+                Level::Info,
+                &format!(
+                    "filter {name:?}: validation mode, not connecting to {}",
+                    source.address
+                ),
+            );
+            None
+        }
+        Some(source) => {
+            // The client thread runs module code for the life of the process: never unload it.
+            if !ffi::pin_module() {
+                ffi::log(
+                    Level::Warn,
+                    &format!("filter {name:?}: could not pin the module; set do_not_close: true"),
+                );
+            }
+            let client = xds_client::client_for(source, &config.table, table.clone());
+            let token = client.add_watcher(Box::new(SchedulerWatcher(envoy.new_scheduler())));
+            ffi::log(
+                Level::Info,
+                &format!(
+                    "filter {name:?}: table {:?} fed by sandbox-xds at {} as node {:?}",
+                    config.table, source.address, source.node_id
+                ),
+            );
+            Some((client, token))
+        }
+        None => None,
+    };
+    let cfg = FilterConfig {
         gateway: Gateway::new(config, table),
         requests,
-        routes_gauge,
-        published_generation: AtomicU64::new(generation),
-    })
+        gauges,
+        xds,
+        created: std::time::Instant::now(),
+    };
+    publish_gauges(&cfg, envoy);
+    Ok(cfg)
 }
 
 /// # Safety
@@ -246,12 +353,34 @@ fn count(cfg: &FilterConfig, stream: &EnvoyStream, outcome: Outcome) {
     if let Some(id) = cfg.requests[outcome as usize] {
         stream.increment_counter(id, &[], 1);
     }
-    if let Some(id) = cfg.routes_gauge {
-        let generation = cfg.gateway.table.generation();
-        if cfg.published_generation.swap(generation, Ordering::Relaxed) != generation {
-            stream.set_gauge(id, cfg.gateway.table.len() as u64);
-        }
-    }
+}
+
+/// # Safety
+/// Called by Envoy on the main thread for a committed config scheduler, with the config handle
+/// and the pointer `config_new` returned (alive until `config_destroy`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    filter_config_envoy_ptr: *mut c_void,
+    filter_config_ptr: *const c_void,
+    _event_id: u64,
+) {
+    contain(
+        "http_filter_config_scheduled",
+        || (),
+        || {
+            if filter_config_ptr.is_null() {
+                return;
+            }
+            // SAFETY: Envoy passes this config's own handle and module pointer, both alive here.
+            let (cfg, envoy) = unsafe {
+                (
+                    &*(filter_config_ptr as *const FilterConfig),
+                    EnvoyConfig::from_raw(filter_config_envoy_ptr),
+                )
+            };
+            publish_gauges(cfg, envoy);
+        },
+    )
 }
 
 /// # Safety

@@ -7,6 +7,7 @@
 //! - [`gateway`]: the per-request decision over a [`gateway::RequestView`];
 //! - [`identify`]: which sandbox and port a request names;
 //! - [`table`]: the lock-free route table shared by all workers;
+//! - [`xds_client`]: the background delta-xDS subscription that feeds the table;
 //! - [`route`] and [`config`]: the data model and the validated filter configuration.
 
 pub mod abi;
@@ -22,6 +23,8 @@ pub mod identify;
 pub mod route;
 #[forbid(unsafe_code)]
 pub mod table;
+#[forbid(unsafe_code)]
+pub mod xds_client;
 
 /// envd's port inside every sandbox; the default for header-routed requests.
 pub const ENVD_PORT: u16 = 49983;

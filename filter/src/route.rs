@@ -167,12 +167,14 @@ pub enum RouteError {
     InvalidIp(String),
     #[error("state is running but the route has no ip")]
     RunningWithoutIp,
-    #[error("{field} is not 64 hex characters (a SHA-256 digest)")]
+    #[error("{field} is not a SHA-256 digest (64 hex characters / 32 bytes)")]
     InvalidDigest { field: &'static str },
     #[error("requireTrafficToken is set but no trafficTokenSha256 is given")]
     TrafficTokenMissing,
     #[error("requireAccessToken is set but no accessTokenSha256 is given")]
     AccessTokenMissing,
+    #[error("state {0} is not a known sandbox state")]
+    UnknownState(i32),
 }
 
 /// A sandbox id is opaque but must be safe in a host label, a path segment, a header and JSON.
@@ -216,33 +218,85 @@ pub struct RouteSpec {
     pub require_traffic_token: bool,
 }
 
-impl RouteSpec {
-    /// Validates and converts into the table form, returning the id alongside.
-    pub fn into_route(self) -> Result<(String, Route), RouteError> {
+/// Everything a route is made of, already parsed; [`RouteParts::build`] checks the invariants
+/// every source must satisfy.
+#[derive(Debug)]
+pub struct RouteParts<'a> {
+    pub id: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+    pub resource_version: u64,
+    pub ip: Option<IpAddr>,
+    pub state: RouteState,
+    pub access_token: Option<TokenDigest>,
+    pub traffic_token: Option<TokenDigest>,
+    pub require_access_token: bool,
+    pub require_traffic_token: bool,
+}
+
+impl RouteParts<'_> {
+    pub fn build(self) -> Result<(String, Route), RouteError> {
         for (field, v) in [
-            ("id", &self.id),
-            ("namespace", &self.namespace),
-            ("name", &self.name),
-            ("uid", &self.uid),
+            ("id", self.id),
+            ("namespace", self.namespace),
+            ("name", self.name),
+            ("uid", self.uid),
         ] {
             if v.is_empty() {
                 return Err(RouteError::Empty { field });
             }
         }
-        if !valid_sandbox_id(&self.id) {
-            return Err(RouteError::InvalidId(self.id));
+        if !valid_sandbox_id(self.id) {
+            return Err(RouteError::InvalidId(self.id.to_string()));
         }
-        let resource_version = parse_resource_version(&self.resource_version)?;
-        let ip = match self.ip.as_deref() {
-            None | Some("") => None,
-            Some(s) => Some(
-                s.parse::<IpAddr>()
-                    .map_err(|_| RouteError::InvalidIp(s.to_string()))?,
-            ),
-        };
-        if self.state == RouteState::Running && ip.is_none() {
+        if self.resource_version == 0 {
+            return Err(RouteError::InvalidResourceVersion("0".into()));
+        }
+        if self.state == RouteState::Running && self.ip.is_none() {
             return Err(RouteError::RunningWithoutIp);
         }
+        let mut flags = RouteFlags::empty();
+        if self.require_access_token {
+            if self.access_token.is_none() {
+                return Err(RouteError::AccessTokenMissing);
+            }
+            flags.insert(RouteFlags::REQUIRE_ACCESS_TOKEN);
+        }
+        if self.require_traffic_token {
+            if self.traffic_token.is_none() {
+                return Err(RouteError::TrafficTokenMissing);
+            }
+            flags.insert(RouteFlags::REQUIRE_TRAFFIC_TOKEN);
+        }
+        Ok((
+            self.id.to_string(),
+            Route {
+                sandbox: SandboxRef::new(self.namespace, self.name, self.uid),
+                resource_version: self.resource_version,
+                ip: self.ip,
+                state: self.state,
+                flags,
+                access_token: self.access_token,
+                traffic_token: self.traffic_token.map(Box::new),
+            },
+        ))
+    }
+}
+
+fn parse_ip(ip: Option<&str>) -> Result<Option<IpAddr>, RouteError> {
+    match ip {
+        None | Some("") => Ok(None),
+        Some(s) => s
+            .parse::<IpAddr>()
+            .map(Some)
+            .map_err(|_| RouteError::InvalidIp(s.to_string())),
+    }
+}
+
+impl RouteSpec {
+    /// Validates and converts into the table form, returning the id alongside.
+    pub fn into_route(self) -> Result<(String, Route), RouteError> {
         let digest = |v: Option<&str>, field| -> Result<Option<TokenDigest>, RouteError> {
             match v {
                 None | Some("") => Ok(None),
@@ -251,34 +305,58 @@ impl RouteSpec {
                     .ok_or(RouteError::InvalidDigest { field }),
             }
         };
-        let access_token = digest(self.access_token_sha256.as_deref(), "accessTokenSha256")?;
-        let traffic_token = digest(self.traffic_token_sha256.as_deref(), "trafficTokenSha256")?;
-        let mut flags = RouteFlags::empty();
-        if self.require_access_token {
-            if access_token.is_none() {
-                return Err(RouteError::AccessTokenMissing);
-            }
-            flags.insert(RouteFlags::REQUIRE_ACCESS_TOKEN);
+        RouteParts {
+            id: &self.id,
+            namespace: &self.namespace,
+            name: &self.name,
+            uid: &self.uid,
+            resource_version: parse_resource_version(&self.resource_version)?,
+            ip: parse_ip(self.ip.as_deref())?,
+            state: self.state,
+            access_token: digest(self.access_token_sha256.as_deref(), "accessTokenSha256")?,
+            traffic_token: digest(self.traffic_token_sha256.as_deref(), "trafficTokenSha256")?,
+            require_access_token: self.require_access_token,
+            require_traffic_token: self.require_traffic_token,
         }
-        if self.require_traffic_token {
-            if traffic_token.is_none() {
-                return Err(RouteError::TrafficTokenMissing);
-            }
-            flags.insert(RouteFlags::REQUIRE_TRAFFIC_TOKEN);
-        }
-        Ok((
-            self.id,
-            Route {
-                sandbox: SandboxRef::new(&self.namespace, &self.name, &self.uid),
-                resource_version,
-                ip,
-                state: self.state,
-                flags,
-                access_token,
-                traffic_token: traffic_token.map(Box::new),
-            },
-        ))
+        .build()
     }
+}
+
+/// Converts a `SandboxRoute` received from sandbox-xds.
+pub fn from_wire(r: &sandbox_xds_wire::v1::SandboxRoute) -> Result<(String, Route), RouteError> {
+    use sandbox_xds_wire::v1::sandbox_route::State;
+    let state = match r.state() {
+        State::Creating => RouteState::Creating,
+        State::Available => RouteState::Available,
+        State::Running => RouteState::Running,
+        State::Paused => RouteState::Paused,
+        State::Dead => RouteState::Dead,
+        State::Unspecified => return Err(RouteError::UnknownState(r.state)),
+    };
+    let digest = |b: &[u8], field| -> Result<Option<TokenDigest>, RouteError> {
+        match b.len() {
+            0 => Ok(None),
+            32 => Ok(Some(TokenDigest(
+                b.try_into()
+                    .map_err(|_| RouteError::InvalidDigest { field })?,
+            ))),
+            _ => Err(RouteError::InvalidDigest { field }),
+        }
+    };
+    RouteParts {
+        id: &r.id,
+        namespace: &r.namespace,
+        name: &r.name,
+        uid: &r.uid,
+        resource_version: r.resource_version,
+        ip: parse_ip(Some(&r.ip))?,
+        state,
+        access_token: digest(&r.access_token_sha256, "access_token_sha256")?,
+        traffic_token: digest(&r.traffic_token_sha256, "traffic_token_sha256")?,
+        require_access_token: r.require_access_token,
+        require_traffic_token: r.require_traffic_token,
+    }
+    .build()
 }
 
 #[cfg(test)]
@@ -356,6 +434,40 @@ mod tests {
             s.into_route(),
             Err(RouteError::InvalidDigest { .. })
         ));
+    }
+
+    #[test]
+    fn wire_routes_convert_with_the_same_checks() {
+        use sandbox_xds_wire::v1::{SandboxRoute, sandbox_route::State};
+        let mut w = SandboxRoute {
+            id: "sbx1".into(),
+            namespace: "default".into(),
+            name: "sbx1".into(),
+            uid: "u-1".into(),
+            resource_version: 42,
+            ip: "2001:db8::7".into(),
+            state: State::Running as i32,
+            access_token_sha256: TokenDigest::of(b"t").0.to_vec(),
+            require_access_token: true,
+            ..Default::default()
+        };
+        let (id, r) = from_wire(&w).unwrap();
+        assert_eq!((id.as_str(), r.resource_version), ("sbx1", 42));
+        assert!(r.flags.contains(RouteFlags::REQUIRE_ACCESS_TOKEN));
+        assert!(r.access_token.unwrap().matches(b"t"));
+        w.access_token_sha256 = vec![1; 5];
+        assert!(matches!(
+            from_wire(&w),
+            Err(RouteError::InvalidDigest { .. })
+        ));
+        w.access_token_sha256.clear();
+        assert_eq!(from_wire(&w).unwrap_err(), RouteError::AccessTokenMissing);
+        w.require_access_token = false;
+        w.state = 0;
+        assert_eq!(from_wire(&w).unwrap_err(), RouteError::UnknownState(0));
+        w.state = State::Running as i32;
+        w.ip.clear();
+        assert_eq!(from_wire(&w).unwrap_err(), RouteError::RunningWithoutIp);
     }
 
     #[test]

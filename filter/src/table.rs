@@ -1,22 +1,20 @@
 //! The route table: one per name, shared by every Envoy worker thread of the process.
 //!
 //! Reads (one per request) are lock-free: a concurrent hash map with epoch-based reclamation, so
-//! a worker never waits for a writer and never sees a half-applied update. Writes (from the
-//! filter config today, from the xDS feed later) are ordered by resourceVersion per sandbox id,
-//! and deletions leave a time-limited fence so that a late, stale upsert cannot resurrect a
-//! deleted sandbox. Writers are rare and may take a mutex; readers never do.
+//! a worker never waits for a writer and never sees a half-applied update.
+//!
+//! Writes come from a static config ([`RouteTable::replace_all`]) or from sandbox-xds
+//! ([`RouteTable::set`], [`RouteTable::unset`]). The ordering rules (resourceVersion ordering,
+//! deletion fences, id takeover) are applied where the truth is assembled, in the server's route
+//! store; the table mirrors what the server decided, with one guard against a lagging server: an
+//! older version of the *same* Sandbox (same UID) never replaces a newer one. Writers are rare
+//! and serialised by a mutex; readers never take it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
 
 use crate::route::Route;
-
-/// How long a deletion fence is kept (upstream `deletionFenceRetention`).
-pub const FENCE_RETENTION: Duration = Duration::from_secs(600);
-/// Fences are swept at most this often, and only while applying a mutation.
-const FENCE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -26,7 +24,7 @@ pub enum Applied {
     Inserted,
     Updated,
     Removed,
-    /// Ignored: not newer than what the table holds (or than a deletion fence).
+    /// Ignored: not newer than what the table holds for the same Sandbox.
     Stale,
     /// Ignored: nothing to remove.
     Absent,
@@ -41,19 +39,13 @@ impl Applied {
     }
 }
 
-#[derive(Debug)]
-struct Fences {
-    by_id: HashMap<Box<str>, (u64, Instant)>,
-    last_sweep: Instant,
-}
-
 /// Routes by sandbox id.
 #[derive(Debug)]
 pub struct RouteTable {
     routes: papaya::HashMap<Box<str>, Route, Hasher>,
-    /// Serialises writers so that check-then-write sequences (ordering, fences) are atomic with
-    /// respect to each other. Readers never take it.
-    writer: Mutex<Fences>,
+    /// Serialises writers so that check-then-write sequences are atomic with respect to each
+    /// other. Readers never take it.
+    writer: Mutex<()>,
     synced: AtomicBool,
     generation: AtomicU64,
 }
@@ -73,10 +65,7 @@ impl RouteTable {
                 .hasher(Hasher::default())
                 .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
-            writer: Mutex::new(Fences {
-                by_id: HashMap::new(),
-                last_sweep: Instant::now(),
-            }),
+            writer: Mutex::new(()),
             synced: AtomicBool::new(false),
             generation: AtomicU64::new(0),
         }
@@ -130,39 +119,31 @@ impl RouteTable {
         self.generation.load(Ordering::Acquire)
     }
 
-    fn lock_writer(&self) -> std::sync::MutexGuard<'_, Fences> {
-        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if now.duration_since(w.last_sweep) >= FENCE_SWEEP_INTERVAL {
-            w.by_id
-                .retain(|_, (_, at)| now.duration_since(*at) < FENCE_RETENTION);
-            w.last_sweep = now;
-        }
-        w
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn bump(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Installs `route` for `id` if it is newer (strictly greater resourceVersion) than both the
-    /// current route and any live deletion fence for that id.
-    pub fn upsert(&self, id: &str, route: Route) -> Applied {
-        let mut w = self.lock_writer();
-        if let Some((fence_rv, at)) = w.by_id.get(id)
-            && at.elapsed() < FENCE_RETENTION
-            && route.resource_version <= *fence_rv
-        {
-            return Applied::Stale;
-        }
+    /// Installs `route` for `id`, unless the table holds a version at least as new of the same
+    /// Sandbox (same UID). A different UID always wins: the server decided (a recreated Sandbox,
+    /// or an id taken over by another one).
+    pub fn set(&self, id: &str, route: Route) -> Applied {
+        let _w = self.lock_writer();
         let guard = self.routes.guard();
         let applied = match self.routes.get(id, &guard) {
-            Some(cur) if cur.resource_version >= route.resource_version => Applied::Stale,
+            Some(cur)
+                if cur.sandbox.uid() == route.sandbox.uid()
+                    && cur.resource_version >= route.resource_version =>
+            {
+                Applied::Stale
+            }
             Some(_) => Applied::Updated,
             None => Applied::Inserted,
         };
         if applied.changed() {
-            w.by_id.remove(id);
             self.routes.insert(id.into(), route, &guard);
             self.bump();
         }
@@ -170,34 +151,24 @@ impl RouteTable {
     }
 
     /// Removes the route for `id`.
-    ///
-    /// With a resourceVersion (a trusted deletion), an older version than the current route is
-    /// ignored; otherwise the route goes and a fence at that version is kept for
-    /// [`FENCE_RETENTION`] (an existing fence is advanced without extending its deadline).
-    /// Without one (an untrusted tombstone), the current route goes and is fenced at its own
-    /// version.
-    pub fn remove(&self, id: &str, resource_version: Option<u64>) -> Applied {
-        let mut w = self.lock_writer();
+    pub fn unset(&self, id: &str) -> Applied {
+        let _w = self.lock_writer();
         let guard = self.routes.guard();
-        let current = self.routes.get(id, &guard).map(|r| r.resource_version);
-        let fence_rv = match (resource_version, current) {
-            (Some(rv), Some(cur)) if rv < cur => return Applied::Stale,
-            (Some(rv), _) => rv,
-            (None, Some(cur)) => cur,
-            (None, None) => return Applied::Absent,
-        };
-        let now = Instant::now();
-        w.by_id
-            .entry(id.into())
-            .and_modify(|(rv, _)| *rv = (*rv).max(fence_rv))
-            .or_insert((fence_rv, now));
-        if current.is_some() {
-            self.routes.remove(id, &guard);
+        if self.routes.remove(id, &guard).is_some() {
             self.bump();
             Applied::Removed
         } else {
             Applied::Absent
         }
+    }
+
+    /// `(id, resourceVersion)` of every route, for resuming an xDS subscription.
+    pub fn versions(&self) -> Vec<(String, u64)> {
+        let guard = self.routes.guard();
+        self.routes
+            .iter(&guard)
+            .map(|(k, v)| (k.to_string(), v.resource_version))
+            .collect()
     }
 
     /// Replaces the whole content (a state-of-the-world update): routes not in `routes` are
@@ -240,86 +211,45 @@ mod tests {
         t.with_route(id, |r| r.map(|r| r.resource_version))
     }
 
+    fn route_of(uid: &str, rv: u64) -> Route {
+        Route {
+            sandbox: SandboxRef::new("ns", "name", uid),
+            ..route(rv)
+        }
+    }
+
     #[test]
-    fn upserts_are_ordered_by_resource_version() {
+    fn set_ignores_older_versions_of_the_same_sandbox_only() {
         let t = RouteTable::new();
-        assert_eq!(t.upsert("a", route(5)), Applied::Inserted);
-        assert_eq!(
-            t.upsert("a", route(5)),
-            Applied::Stale,
-            "equal replay is stale"
-        );
-        assert_eq!(t.upsert("a", route(4)), Applied::Stale);
+        assert_eq!(t.set("a", route(5)), Applied::Inserted);
+        assert_eq!(t.set("a", route(5)), Applied::Stale, "equal replay");
+        assert_eq!(t.set("a", route(4)), Applied::Stale, "a lagging server");
         assert_eq!(rv_of(&t, "a"), Some(5));
-        assert_eq!(t.upsert("a", route(6)), Applied::Updated);
-        assert_eq!(rv_of(&t, "a"), Some(6));
+        assert_eq!(t.set("a", route(6)), Applied::Updated);
+        // Another Sandbox now owns the id (recreated, or taken over): the server decided.
+        assert_eq!(t.set("a", route_of("other-uid", 3)), Applied::Updated);
+        assert_eq!(rv_of(&t, "a"), Some(3));
         assert_eq!(t.len(), 1);
     }
 
     #[test]
-    fn deletion_fences_stop_stale_resurrection() {
+    fn unset_and_versions() {
         let t = RouteTable::new();
-        t.upsert("a", route(5));
-        assert_eq!(t.remove("a", Some(7)), Applied::Removed);
-        assert_eq!(
-            t.upsert("a", route(6)),
-            Applied::Stale,
-            "older than the fence"
-        );
-        assert_eq!(
-            t.upsert("a", route(7)),
-            Applied::Stale,
-            "equal to the fence"
-        );
+        t.set("a", route(5));
+        t.set("b", route(7));
+        let mut v = t.versions();
+        v.sort();
+        assert_eq!(v, vec![("a".to_string(), 5), ("b".to_string(), 7)]);
+        assert_eq!(t.unset("a"), Applied::Removed);
+        assert_eq!(t.unset("a"), Applied::Absent);
         assert_eq!(rv_of(&t, "a"), None);
-        assert_eq!(
-            t.upsert("a", route(8)),
-            Applied::Inserted,
-            "newer crosses the fence"
-        );
-        assert_eq!(rv_of(&t, "a"), Some(8));
-    }
-
-    #[test]
-    fn delete_matrix() {
-        let t = RouteTable::new();
-        assert_eq!(t.remove("a", None), Applied::Absent);
-        t.upsert("a", route(5));
-        assert_eq!(
-            t.remove("a", Some(4)),
-            Applied::Stale,
-            "older delete ignored"
-        );
-        assert_eq!(rv_of(&t, "a"), Some(5));
-        assert_eq!(
-            t.remove("a", Some(5)),
-            Applied::Removed,
-            "equal delete accepted"
-        );
-        assert_eq!(t.remove("a", Some(5)), Applied::Absent, "idempotent");
-        t.upsert("b", route(9));
-        assert_eq!(
-            t.remove("b", None),
-            Applied::Removed,
-            "tombstone without rv"
-        );
-        assert_eq!(
-            t.upsert("b", route(9)),
-            Applied::Stale,
-            "fenced at the record's rv"
-        );
-        // A fence without a record is created by a trusted delete and advanced by a later one.
-        assert_eq!(t.remove("c", Some(3)), Applied::Absent);
-        assert_eq!(t.remove("c", Some(10)), Applied::Absent);
-        assert_eq!(t.upsert("c", route(9)), Applied::Stale);
-        assert_eq!(t.upsert("c", route(11)), Applied::Inserted);
     }
 
     #[test]
     fn replace_all_is_authoritative_and_syncs() {
         let t = RouteTable::new();
         assert!(!t.is_synced());
-        t.upsert("old", route(1));
+        t.set("old", route(1));
         t.replace_all(vec![
             ("a".to_string(), route(1)),
             ("b".to_string(), route(2)),
@@ -333,10 +263,10 @@ mod tests {
     fn generation_moves_only_on_change() {
         let t = RouteTable::new();
         let g0 = t.generation();
-        t.upsert("a", route(1));
+        t.set("a", route(1));
         let g1 = t.generation();
         assert!(g1 > g0);
-        t.upsert("a", route(1));
+        t.set("a", route(1));
         assert_eq!(t.generation(), g1);
     }
 
@@ -352,7 +282,7 @@ mod tests {
     #[test]
     fn concurrent_readers_see_whole_routes() {
         let t = Arc::new(RouteTable::new());
-        t.upsert("a", route(1));
+        t.set("a", route(1));
         let readers: Vec<_> = (0..4)
             .map(|_| {
                 let t = t.clone();
@@ -365,7 +295,7 @@ mod tests {
             })
             .collect();
         for rv in 2..2_000 {
-            t.upsert("a", route(rv));
+            t.set("a", route(rv));
         }
         for r in readers {
             r.join().unwrap();

@@ -71,7 +71,7 @@ impl Default for CircuitBreakerConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayResources {
-    /// Sandbox traffic listener.
+    /// Sandbox traffic listener (port 0: any free port, for several gateways on one host).
     pub listen_address: String,
     pub listen_port: u16,
     /// Prometheus listener (`/metrics` → admin `/stats/prometheus`); 0 disables it.
@@ -513,9 +513,6 @@ impl GatewayResources {
 
     /// Checks what Envoy would reject anyway, so a typo fails at start-up, not as a NACK.
     pub fn validate(&self) -> Result<(), String> {
-        if self.listen_port == 0 {
-            return Err("listen_port must be set".into());
-        }
         if self.connect_timeout_ms == 0 {
             return Err("connect_timeout_ms must be positive".into());
         }

@@ -281,3 +281,118 @@ impl Drop for Gateway {
         let _ = std::fs::remove_dir_all(&self._dir);
     }
 }
+
+/// A gateway fed by sandbox-xds: `envoy/gateway-ads.yaml` with the admin port, the node id and
+/// the address of the `sandbox_xds` cluster rewritten. Its listeners come over ADS; their
+/// addresses (port 0 allowed, so several gateways share one LDS) are read back from the admin.
+#[derive(Debug, Clone)]
+pub struct AdsGatewayBuilder {
+    xds: SocketAddr,
+    node_id: String,
+    sotw: bool,
+    concurrency: u32,
+}
+
+impl AdsGatewayBuilder {
+    pub fn new(xds: SocketAddr, node_id: &str) -> Self {
+        AdsGatewayBuilder {
+            xds,
+            node_id: node_id.to_string(),
+            sotw: false,
+            concurrency: 2,
+        }
+    }
+
+    /// Use state-of-the-world ADS for Envoy's listeners and clusters instead of delta.
+    pub fn sotw(mut self) -> Self {
+        self.sotw = true;
+        self
+    }
+
+    pub fn render(&self, admin: u16) -> Yaml {
+        let text = std::fs::read_to_string(repo_root().join("envoy/gateway-ads.yaml"))
+            .expect("read envoy/gateway-ads.yaml");
+        let mut root: Yaml = serde_yaml::from_str(&text).expect("gateway-ads.yaml is YAML");
+        set_address(
+            get_mut(&mut root, &["admin", "address"]),
+            "127.0.0.1",
+            admin,
+        );
+        get_mut(&mut root, &["node"])[key("id")] = Yaml::String(self.node_id.clone());
+        if self.sotw {
+            get_mut(&mut root, &["dynamic_resources", "ads_config"])[key("api_type")] =
+                Yaml::String("GRPC".into());
+        }
+        let cluster = &mut get_mut(&mut root, &["static_resources", "clusters"])[0];
+        let ep = &mut cluster[key("load_assignment")][key("endpoints")][0][key("lb_endpoints")][0]
+            [key("endpoint")][key("address")];
+        set_address(ep, &self.xds.ip().to_string(), self.xds.port());
+        root
+    }
+
+    /// Starts Envoy and waits until its listeners arrived and it is LIVE.
+    pub fn start(&self) -> Gateway {
+        let admin = free_port();
+        let dir = tempfile_dir();
+        let config_path = dir.join("gateway-ads.yaml");
+        std::fs::write(
+            &config_path,
+            serde_yaml::to_string(&self.render(admin)).expect("yaml"),
+        )
+        .expect("write config");
+        let mut cmd = envoy_command();
+        cmd.arg("-c")
+            .arg(&config_path)
+            .args(["--disable-hot-restart", "--concurrency"])
+            .arg(self.concurrency.to_string())
+            .args(["-l", "info", "--drain-time-s", "1"]);
+        let mut child = ChildGuard::spawn(&format!("envoy-{}", self.node_id), cmd);
+        let admin_addr = loopback(admin);
+        let mut found = None;
+        child.wait_until(
+            "LIVE with the sandbox listener from sandbox-xds",
+            Duration::from_secs(30),
+            || {
+                if std::net::TcpStream::connect_timeout(&admin_addr, Duration::from_millis(100))
+                    .is_err()
+                    || request(admin_addr, "GET", "/ready", &[], None).status != 200
+                {
+                    return false;
+                }
+                found = listener_addresses(admin_addr);
+                found
+                    .as_ref()
+                    .is_some_and(|m| m.contains_key("sandbox_gateway"))
+            },
+        );
+        let listeners = found.unwrap_or_default();
+        let addr = listeners["sandbox_gateway"];
+        let metrics = listeners.get("metrics").copied().unwrap_or(admin_addr);
+        Gateway {
+            addr,
+            admin: admin_addr,
+            metrics,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+/// Listener name → bound address, from the admin's `/listeners?format=json`.
+pub fn listener_addresses(
+    admin: SocketAddr,
+) -> Option<std::collections::HashMap<String, SocketAddr>> {
+    let r = request(admin, "GET", "/listeners?format=json", &[], None);
+    if r.status != 200 {
+        return None;
+    }
+    let v: Json = serde_json::from_slice(&r.body).ok()?;
+    let mut out = std::collections::HashMap::new();
+    for l in v["listener_statuses"].as_array()? {
+        let sa = &l["local_address"]["socket_address"];
+        let ip: std::net::IpAddr = sa["address"].as_str()?.parse().ok()?;
+        let port = sa["port_value"].as_u64()? as u16;
+        out.insert(l["name"].as_str()?.to_string(), SocketAddr::new(ip, port));
+    }
+    Some(out)
+}

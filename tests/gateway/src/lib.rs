@@ -8,7 +8,7 @@ pub mod envoy;
 pub mod upstream;
 
 pub use client::{Response, request, request_raw};
-pub use envoy::{Gateway, GatewayBuilder};
+pub use envoy::{AdsGatewayBuilder, Gateway, GatewayBuilder};
 pub use upstream::{Upstream, WsUpstream};
 
 use serde_json::{Value, json};
