@@ -324,8 +324,27 @@ async fn session(client: &XdsClient) -> Result<(), SessionError> {
     );
     while let Some(resp) = stream.message().await? {
         let applied = apply(&client.table, &resp);
+        // Everything the ACK vouches for must be visible to requests before the ACK leaves:
+        // WaitForRoute returns on it, and the next request must not meet a 503 or a stale route.
         let error_detail = match &applied {
-            Ok(_) => None,
+            Ok(_) => {
+                if !resp.system_version_info.ends_with(MORE_SUFFIX) && !client.table.is_synced() {
+                    client.table.mark_synced();
+                    crate::ffi::log(
+                        crate::ffi::Level::Info,
+                        &format!(
+                            "route table synced from {} ({} routes)",
+                            client.source.address,
+                            client.table.len()
+                        ),
+                    );
+                }
+                client
+                    .status
+                    .last_update_ms
+                    .store(unix_ms(), Ordering::Release);
+                None
+            }
             Err(reason) => {
                 client.status.nacks.fetch_add(1, Ordering::Relaxed);
                 crate::ffi::log(
@@ -345,23 +364,6 @@ async fn session(client: &XdsClient) -> Result<(), SessionError> {
             ..Default::default()
         };
         tx.send(ack).await.map_err(|_| SessionError::Closed)?;
-        if applied.is_ok() {
-            if !resp.system_version_info.ends_with(MORE_SUFFIX) && !client.table.is_synced() {
-                client.table.mark_synced();
-                crate::ffi::log(
-                    crate::ffi::Level::Info,
-                    &format!(
-                        "route table synced from {} ({} routes)",
-                        client.source.address,
-                        client.table.len()
-                    ),
-                );
-            }
-            client
-                .status
-                .last_update_ms
-                .store(unix_ms(), Ordering::Release);
-        }
         client.notify();
     }
     Ok(())

@@ -27,8 +27,15 @@ pub struct RouteSyncService {
 }
 
 impl RouteSyncService {
-    /// Waits until every subscribed gateway acknowledged the route at `min_rv` or later.
-    pub async fn wait(&self, id: &str, min_rv: u64, timeout: Duration) -> WaitForRouteResponse {
+    /// Waits until every subscribed gateway, and at least `min_gateways` of them, acknowledged
+    /// the route at `min_rv` or later.
+    pub async fn wait(
+        &self,
+        id: &str,
+        min_rv: u64,
+        min_gateways: u32,
+        timeout: Duration,
+    ) -> WaitForRouteResponse {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut changes = self.cache.subscribe_changes();
@@ -42,7 +49,7 @@ impl RouteSyncService {
                         .registry
                         .coverage(SANDBOX_ROUTE_TYPE_URL, entry.changed_at);
                     last = WaitForRouteResponse {
-                        synced: cov.behind == 0,
+                        synced: cov.behind == 0 && cov.subscribed >= min_gateways,
                         gateways: cov.subscribed,
                         pending_gateways: cov.behind,
                         resource_version: rv,
@@ -85,8 +92,13 @@ impl RouteSync for RouteSyncService {
             ms => Duration::from_millis(u64::from(ms)).min(MAX_WAIT),
         };
         Ok(Response::new(
-            self.wait(&req.sandbox_id, req.min_resource_version, timeout)
-                .await,
+            self.wait(
+                &req.sandbox_id,
+                req.min_resource_version,
+                req.min_gateways,
+                timeout,
+            )
+            .await,
         ))
     }
 }

@@ -135,11 +135,16 @@ pub fn read_response(
 
 /// Sends raw request bytes on a fresh connection and reads one response.
 pub fn request_raw(addr: SocketAddr, raw: &[u8]) -> Response {
-    let mut s = TcpStream::connect(addr).expect("connect to the gateway");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(raw).expect("send request");
+    try_request_raw(addr, raw).expect("request to the gateway")
+}
+
+/// Like [`request_raw`], reporting connection and protocol failures instead of panicking.
+pub fn try_request_raw(addr: SocketAddr, raw: &[u8]) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    s.write_all(raw)?;
     let mut r = BufReader::new(s);
-    read_response(&mut r, |_| {}).expect("read response")
+    read_response(&mut r, |_| {})
 }
 
 /// Sends a request with the given headers (a `host` header is added unless given) and an
@@ -151,6 +156,17 @@ pub fn request(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Response {
+    try_request(addr, method, path, headers, body).expect("request to the gateway")
+}
+
+/// Like [`request`], reporting connection and protocol failures instead of panicking.
+pub fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> std::io::Result<Response> {
     let mut raw = format!("{method} {path} HTTP/1.1\r\n");
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
         raw.push_str(&format!("host: {addr}\r\n"));
@@ -166,5 +182,5 @@ pub fn request(
     if let Some(b) = body {
         bytes.extend_from_slice(b);
     }
-    request_raw(addr, &bytes)
+    try_request_raw(addr, &bytes)
 }

@@ -7,7 +7,7 @@ pub mod client;
 pub mod envoy;
 pub mod upstream;
 
-pub use client::{Response, request, request_raw};
+pub use client::{Response, request, request_raw, try_request};
 pub use envoy::{AdsGatewayBuilder, Gateway, GatewayBuilder};
 pub use upstream::{Upstream, WsUpstream};
 

@@ -70,8 +70,19 @@ impl Xds {
         self.server.routes.clone()
     }
 
-    /// `RouteSync.WaitForRoute` over gRPC.
+    /// `RouteSync.WaitForRoute` over gRPC, for at least one gateway.
     pub fn wait_for_route(&self, id: &str, min_rv: u64, timeout: Duration) -> WaitForRouteResponse {
+        self.wait_for_route_on(id, min_rv, 1, timeout)
+    }
+
+    /// `RouteSync.WaitForRoute` over gRPC, for at least `min_gateways` gateways.
+    pub fn wait_for_route_on(
+        &self,
+        id: &str,
+        min_rv: u64,
+        min_gateways: u32,
+        timeout: Duration,
+    ) -> WaitForRouteResponse {
         let url = format!("http://{}", self.grpc);
         self.rt.block_on(async {
             let mut c = RouteSyncClient::connect(url)
@@ -81,6 +92,7 @@ impl Xds {
                 sandbox_id: id.into(),
                 min_resource_version: min_rv,
                 timeout_ms: timeout.as_millis() as u32,
+                min_gateways,
             })
             .await
             .expect("WaitForRoute")

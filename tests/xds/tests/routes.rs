@@ -104,6 +104,22 @@ fn routes_added_changed_and_removed_take_effect() {
 }
 
 #[test]
+fn wait_for_route_can_require_connected_gateways() {
+    let xds = Xds::start();
+    xds.routes().mark_synced();
+    xds.routes()
+        .upsert(route("s", "127.0.0.1", 5, State::Running));
+    // No gateway at all: vacuously synced with min_gateways 0, not with 1.
+    let w = xds.wait_for_route_on("s", 5, 0, Duration::from_millis(300));
+    assert!(w.synced && w.gateways == 0, "{w:?}");
+    let w = xds.wait_for_route_on("s", 5, 1, Duration::from_millis(300));
+    assert!(!w.synced && w.gateways == 0, "{w:?}");
+    let _gw = AdsGatewayBuilder::new(xds.grpc, "gw-min").start();
+    let w = xds.wait_for_route_on("s", 5, 1, Duration::from_secs(10));
+    assert!(w.synced && w.gateways == 1, "{w:?}");
+}
+
+#[test]
 fn wait_for_route_times_out_for_routes_the_gateways_lack() {
     let xds = Xds::start();
     xds.routes().mark_synced();
