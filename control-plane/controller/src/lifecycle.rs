@@ -465,6 +465,31 @@ pub fn plan(o: &Observed<'_>) -> Plan {
                 if !pod.exists {
                     p.pod = PodAction::Create;
                 }
+            } else if annotation(sbx, ANNOTATION_UPGRADE_RESUME_TRIGGER) == Some("true")
+                && upgrade_policy.is_some()
+            {
+                // Two-phase upgrade of a paused sandbox: resume it first, then wait for the
+                // update ops to patch the template.
+                ph = phase::UPGRADING.into();
+                conditions::set(
+                    &mut status.conditions,
+                    cond::UPGRADING,
+                    false,
+                    cond::REASON_RESUMING,
+                    "",
+                    now,
+                );
+                conditions::set(
+                    &mut status.conditions,
+                    cond::READY,
+                    false,
+                    cond::REASON_UPGRADING,
+                    "",
+                    now,
+                );
+                if !pod.exists {
+                    p.pod = PodAction::Create;
+                }
             }
         }
         phase::RESUMING => {
@@ -497,8 +522,54 @@ pub fn plan(o: &Observed<'_>) -> Plan {
                 p.remove_finalizer = has_finalizer(sbx);
             }
         }
+        phase::UPGRADING
+            if conditions::reason(&status.conditions, cond::UPGRADING)
+                == Some(cond::REASON_RESUMING) =>
+        {
+            if !pod.exists {
+                p.pod = PodAction::Create;
+            } else if pod.ready {
+                conditions::set(
+                    &mut status.conditions,
+                    cond::UPGRADING,
+                    false,
+                    cond::REASON_RESUME_SUCCEED,
+                    "",
+                    now,
+                );
+            } else {
+                p.requeue_after = Some(Duration::from_secs(1));
+            }
+        }
+        phase::UPGRADING
+            if conditions::reason(&status.conditions, cond::UPGRADING)
+                == Some(cond::REASON_RESUME_SUCCEED)
+                && pod.template_hash.as_deref() == Some(revision.as_str()) =>
+        {
+            // Resumed; waiting for phase 2 (the template patch). If the trigger went away with
+            // no template change, the upgrade is abandoned.
+            if annotation(sbx, ANNOTATION_UPGRADE_RESUME_TRIGGER) != Some("true") {
+                ph = phase::RUNNING.into();
+                conditions::remove(&mut status.conditions, cond::UPGRADING);
+                sync_running(&mut status.conditions, &pod, now);
+            } else {
+                p.requeue_after = Some(Duration::from_secs(1));
+            }
+        }
         phase::UPGRADING => {
             // Pod-replacement upgrade (Recreate): old pod out, new pod in, wait for Ready.
+            if conditions::reason(&status.conditions, cond::UPGRADING)
+                != Some(cond::REASON_UPGRADE_POD)
+            {
+                conditions::set(
+                    &mut status.conditions,
+                    cond::UPGRADING,
+                    false,
+                    cond::REASON_UPGRADE_POD,
+                    "",
+                    now,
+                );
+            }
             if pod.exists && pod.template_hash.as_deref() != Some(revision.as_str()) {
                 if !pod.terminating {
                     p.pod = PodAction::Delete {
@@ -792,6 +863,77 @@ mod tests {
                 grace_seconds: None
             }
         );
+    }
+
+    #[test]
+    fn paused_sandbox_upgrades_in_two_phases() {
+        let mut s = sbx("Paused");
+        s.spec.paused = true;
+        s.spec.upgrade_policy = Some(sandbox_api::UpgradePolicy {
+            type_: Some("Recreate".into()),
+        });
+        s.metadata.annotations = Some(
+            [(
+                ANNOTATION_UPGRADE_RESUME_TRIGGER.to_string(),
+                "true".to_string(),
+            )]
+            .into(),
+        );
+        let mut st = s.status.clone().unwrap();
+        conditions::set(
+            &mut st.conditions,
+            "SandboxPaused",
+            true,
+            "StopPauseSucceed",
+            "",
+            Timestamp::now(),
+        );
+        s.status = Some(st);
+        let p = run(&s, PodFacts::default());
+        assert_eq!(p.status.phase.as_deref(), Some("Upgrading"));
+        assert_eq!(p.pod, PodAction::Create);
+        s.status = Some(p.status);
+        let p = run(&s, running_pod(true));
+        assert_eq!(
+            conditions::reason(&p.status.conditions, "Upgrading"),
+            Some("ResumeSucceed")
+        );
+        s.status = Some(p.status);
+        // phase 2: the template changed -> pod replaced
+        let p = plan(&Observed {
+            sandbox: &s,
+            pod: running_pod(true),
+            now: Timestamp::now(),
+            revision: "r2".into(),
+            immutable_hash: None,
+        });
+        assert_eq!(
+            p.pod,
+            PodAction::Delete {
+                grace_seconds: None
+            }
+        );
+        assert_eq!(
+            conditions::reason(&p.status.conditions, "Upgrading"),
+            Some("UpgradePod")
+        );
+        let mut s2 = s.clone();
+        s2.status = Some(p.status);
+        let mut new_pod = running_pod(true);
+        new_pod.template_hash = Some("r2".into());
+        let p = plan(&Observed {
+            sandbox: &s2,
+            pod: new_pod,
+            now: Timestamp::now(),
+            revision: "r2".into(),
+            immutable_hash: None,
+        });
+        assert_eq!(p.status.phase.as_deref(), Some("Running"));
+        assert!(conditions::is_true(&p.status.conditions, "Upgrading"));
+        // without a template change and with the trigger gone, the upgrade is abandoned
+        s.metadata.annotations = None;
+        let p = run(&s, running_pod(true));
+        assert_eq!(p.status.phase.as_deref(), Some("Running"));
     }
 
     #[test]

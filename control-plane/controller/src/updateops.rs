@@ -18,6 +18,8 @@ pub enum OpsClass {
     Skip,
     Candidate,
     Updating,
+    /// Resumed by the first phase of a paused sandbox's update; its template patch is due.
+    NeedsPhase2,
     Updated,
     Failed,
 }
@@ -116,9 +118,12 @@ pub fn classify(ops: &SandboxUpdateOps, sbx: &Sandbox, active_other: bool) -> Op
             | cond::REASON_UPGRADE_POD_FAILED
             | cond::REASON_CHECKPOINT_FAILED,
         ) => OpsClass::Failed,
+        Some(cond::REASON_RESUME_SUCCEED) => OpsClass::NeedsPhase2,
         None if template_matches(sbx, ops.spec.patch.as_ref()) && ph == phase::RUNNING => {
             OpsClass::Updated
         }
+        // Labelled, never upgraded and Running again: it was un-paused before phase 2.
+        None if ph == phase::RUNNING => OpsClass::NeedsPhase2,
         _ => OpsClass::Updating,
     }
 }
@@ -139,7 +144,7 @@ pub fn plan_ops(ops: &SandboxUpdateOps, classes: &[(String, OpsClass)]) -> OpsPl
     let count = |c: OpsClass| classes.iter().filter(|(_, x)| *x == c).count() as i32;
     let (cand, updating, updated, failed) = (
         count(OpsClass::Candidate),
-        count(OpsClass::Updating),
+        count(OpsClass::Updating) + count(OpsClass::NeedsPhase2),
         count(OpsClass::Updated),
         count(OpsClass::Failed),
     );
@@ -296,6 +301,20 @@ mod tests {
                 false
             ),
             OpsClass::Failed
+        );
+        assert_eq!(
+            classify(
+                &o,
+                &sbx(
+                    "a",
+                    "Upgrading",
+                    "old",
+                    Some("o1"),
+                    Some(("ResumeSucceed", false))
+                ),
+                false
+            ),
+            OpsClass::NeedsPhase2
         );
         let paused_ok = ops(json!({"stateFilter": {"states": ["Paused"]}}));
         assert_eq!(

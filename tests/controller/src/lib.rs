@@ -144,7 +144,7 @@ impl Env {
                 Err(last) => {
                     if Instant::now() > deadline {
                         let log = self.controller_log();
-                        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+                        let tail: Vec<&str> = log.lines().rev().take(40).collect();
                         panic!(
                             "{what}: not reached within {timeout:?}; last: {last}\n--- controller log tail ---\n{}",
                             tail.into_iter().rev().collect::<Vec<_>>().join("\n")

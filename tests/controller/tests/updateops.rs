@@ -120,3 +120,83 @@ async fn update_ops_replaces_pods_one_at_a_time_and_completes() {
         assert!(sandbox_api::state::is_ready(&s));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_sandboxes_update_in_two_phases_and_pause_again() {
+    let env = Env::new("suo-paused").await;
+    let api: Api<Sandbox> = env.api();
+    let s: Sandbox = serde_json::from_value(json!({"apiVersion": "agents.kruise.io/v1alpha1", "kind": "Sandbox",
+        "metadata": {"name": "sleeper", "labels": {"app": "sleepy"}},
+        "spec": {"paused": true, "template": {"spec": {"containers": [{"name": "main", "image": "python:3", "env": [{"name": "V", "value": "1"}]}]}}}}))
+    .unwrap();
+    api.create(&PostParams::default(), &s).await.unwrap();
+    let paused = |s: &Sandbox| {
+        s.status.as_ref().is_some_and(|st| {
+            st.phase.as_deref() == Some("Paused")
+                && st
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "SandboxPaused" && c.status == "True")
+        })
+    };
+    env.eventually("paused", Duration::from_secs(60), || async {
+        let s = api.get("sleeper").await.map_err(|e| e.to_string())?;
+        if paused(&s) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", s.status))
+        }
+    })
+    .await;
+    let ops: SandboxUpdateOps = serde_json::from_value(json!({"apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxUpdateOps",
+        "metadata": {"name": "wake"},
+        "spec": {"selector": {"matchLabels": {"app": "sleepy"}}, "stateFilter": {"states": ["Paused"]},
+            "patch": {"spec": {"containers": [{"name": "main", "env": [{"name": "V", "value": "2"}]}]}}}}))
+    .unwrap();
+    env.api::<SandboxUpdateOps>()
+        .create(&PostParams::default(), &ops)
+        .await
+        .unwrap();
+    env.eventually(
+        "ops completed and sandbox paused again",
+        Duration::from_secs(120),
+        || async {
+            let o = env
+                .api::<SandboxUpdateOps>()
+                .get("wake")
+                .await
+                .map_err(|e| e.to_string())?;
+            let s = api.get("sleeper").await.map_err(|e| e.to_string())?;
+            let done = o.status.as_ref().and_then(|x| x.phase.as_deref()) == Some("Completed");
+            if done && paused(&s) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ops={:?} gen={:?} labels={:?} sandbox={:?}",
+                    o.status,
+                    s.metadata.generation,
+                    s.metadata.labels,
+                    s.status.map(|x| (x.phase, x.observed_generation))
+                ))
+            }
+        },
+    )
+    .await;
+    let s = api.get("sleeper").await.unwrap();
+    let v = s.spec.template.clone().unwrap().spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap()[0]
+        .value
+        .clone();
+    assert_eq!(v.as_deref(), Some("2"));
+    assert!(
+        !s.annotations()
+            .contains_key(ANNOTATION_UPGRADE_RESUME_TRIGGER),
+        "trigger removed in phase 2"
+    );
+    assert!(
+        env.api::<Pod>().get_opt("sleeper").await.unwrap().is_none(),
+        "paused again: no pod"
+    );
+}

@@ -12,6 +12,7 @@ use sandbox_api::keys::*;
 use sandbox_api::types::{UPGRADE_RECREATE, ops_phase};
 use sandbox_api::{Sandbox, SandboxUpdateOps, SandboxUpdateOpsStatus};
 use serde_json::json;
+use std::ops::Not;
 
 use crate::context::Context;
 use crate::error::{Error, Result, is_status};
@@ -153,6 +154,7 @@ async fn reconcile_inner(ops: Arc<SandboxUpdateOps>, ctx: Arc<Context>) -> Resul
         })
         .collect();
     let plan = plan_ops(&ops, &classes);
+    tracing::debug!(ops = %name, ?classes, ?plan, "update ops plan");
     let oref = ops.object_ref(&());
 
     // Finished sandboxes: clear the policy so later template edits go in place again; mark failures.
@@ -176,6 +178,35 @@ async fn reconcile_inner(ops: Arc<SandboxUpdateOps>, ctx: Arc<Context>) -> Resul
         sandboxes
             .patch(n, &PatchParams::default(), &Patch::Merge(patch))
             .await?;
+    }
+
+    // Phase 2 of paused sandboxes (unlimited): the template patch, and the trigger goes away.
+    if ops.spec.paused.not() {
+        for (n, c) in &classes {
+            if *c != OpsClass::NeedsPhase2 {
+                continue;
+            }
+            let s = items
+                .iter()
+                .find(|s| &s.name_any() == n)
+                .expect("classified sandbox");
+            if let Some(t) = patched_template(s, ops.spec.patch.as_ref()) {
+                let patch = json!({
+                    "metadata": {"resourceVersion": s.metadata.resource_version, "annotations": {ANNOTATION_UPGRADE_RESUME_TRIGGER: null}},
+                    "spec": {"template": t},
+                });
+                match sandboxes
+                    .patch(n, &PatchParams::default(), &Patch::Merge(patch))
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if is_status(&e, 409) => {
+                        return Ok(Action::requeue(Duration::from_millis(200)));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
     }
 
     for n in &plan.start {
