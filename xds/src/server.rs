@@ -83,9 +83,13 @@ impl XdsServer {
             shutdown: self.shutdown.subscribe(),
         });
         let mut stop = self.shutdown.subscribe();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Accepted sockets get TCP_NODELAY here: the builder's `tcp_nodelay` only applies to
+        // listeners tonic binds itself, and with Nagle a response written in several small
+        // pieces waits for the peer's delayed ACK (~40 ms).
+        let incoming = tonic::transport::server::TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(60)));
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .add_service(

@@ -66,6 +66,11 @@ impl Xds {
         }
     }
 
+    /// The runtime the server runs on, for callers that need async clients of their own.
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+
     pub fn routes(&self) -> RoutePublisher {
         self.server.routes.clone()
     }
