@@ -64,6 +64,13 @@ pub fn immutable_part_hash(t: &PodTemplateSpec) -> String {
         md.labels = None;
         md.annotations = None;
     }
+    // `metadata: {}` and no metadata are the same template.
+    if t.metadata
+        .as_ref()
+        .is_some_and(|m| *m == Default::default())
+    {
+        t.metadata = None;
+    }
     if let Some(spec) = t.spec.as_mut() {
         for c in spec
             .containers
