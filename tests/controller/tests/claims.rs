@@ -60,7 +60,8 @@ async fn template_ref_pool_inplace_image_ttl_and_timeout() {
 
     // A claim with an in-place image change and a short TTL, against an inline-template pool.
     let inline: SandboxSet = serde_json::from_value(json!({"apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxSet",
-        "metadata": {"name": "inline"}, "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "main", "image": "python:3.12"}]}}}}))
+        "metadata": {"name": "inline"}, "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "main", "image": "python:3.12",
+            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "200m", "memory": "64Mi"}}}]}}}}))
     .unwrap();
     env.api::<SandboxSet>()
         .create(&PostParams::default(), &inline)
@@ -87,7 +88,8 @@ async fn template_ref_pool_inplace_image_ttl_and_timeout() {
     let claims: Api<SandboxClaim> = env.api();
     let c: SandboxClaim = serde_json::from_value(json!({"apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxClaim",
         "metadata": {"name": "upgrade-me"},
-        "spec": {"templateName": "inline", "createOnNoStock": false, "ttlAfterCompleted": "3s", "inplaceUpdate": {"image": "python:3.13"}}}))
+        "spec": {"templateName": "inline", "createOnNoStock": false, "ttlAfterCompleted": "3s",
+            "inplaceUpdate": {"image": "python:3.13", "resources": {"requests": {"cpu": "150m"}, "limits": {"cpu": "300m"}}}}}))
     .unwrap();
     claims.create(&PostParams::default(), &c).await.unwrap();
     env.eventually(

@@ -173,6 +173,48 @@ async fn inplace_update(
         .filter(|c| current.get(&c.name).is_some_and(|img| img != &c.image))
         .map(|c| json!({"name": c.name, "image": c.image}))
         .collect();
+    // CPU/memory changes go through the `resize` subresource first (in-place pod resize).
+    let current_res: std::collections::HashMap<String, serde_json::Value> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| {
+            (
+                c.name.clone(),
+                serde_json::to_value(&c.resources).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let resized: Vec<serde_json::Value> = template
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .filter(|c| c.resources.is_some())
+        .filter(|c| {
+            current_res
+                .get(&c.name)
+                .is_some_and(|r| *r != serde_json::to_value(&c.resources).unwrap_or_default())
+        })
+        .map(|c| json!({"name": c.name, "resources": c.resources}))
+        .collect();
+    if !resized.is_empty() {
+        let body = json!({"spec": {"containers": resized}});
+        match pods
+            .patch_subresource(
+                "resize",
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Strategic(body),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => {
+                tracing::warn!(pod = %pod.name_any(), "pods/resize not supported by this cluster; resources not changed in place")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     let mut patch = json!({"metadata": {"labels": labels, "annotations": annotations}});
     if !containers.is_empty() {
         patch["spec"] = json!({"containers": containers});
