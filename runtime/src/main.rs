@@ -1,6 +1,28 @@
-//! agent-runtime: the envd-compatible daemon inside each sandbox. Not built yet (issue 4).
+//! `agent-runtime` binary: parses flags, sets up logging and runs the server until SIGTERM/SIGINT.
 
-fn main() {
-    eprintln!("agent-runtime is not implemented yet");
-    std::process::exit(2);
+use clap::Parser;
+
+use agent_runtime::config::{Config, LogFormat};
+
+fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    init_tracing(config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("agent-runtime")
+        .build()?;
+    runtime.block_on(agent_runtime::server::run(config))
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("AGENT_RUNTIME_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
 }

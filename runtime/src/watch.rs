@@ -1,0 +1,450 @@
+//! Directory watches over inotify: the `WatchDir` server stream and the polling watchers
+//! (`CreateWatcher` / `GetWatcherEvents` / `RemoveWatcher`) the synchronous SDK uses.
+//!
+//! Event mapping follows fsnotify (what envd uses): create and moved-to → CREATE, modify → WRITE,
+//! delete → REMOVE, moved-from → RENAME, attribute change → CHMOD. Names are relative to the
+//! watched directory. Recursive watches add a watch for every subdirectory, including ones
+//! created or moved in later.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{HeaderMap, Response};
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::io::unix::AsyncFd;
+use tokio::task::JoinHandle;
+
+use crate::connect::{self, Code, RpcError, StreamSender};
+use crate::httputil::BoxBody;
+use crate::metrics::GaugeGuard;
+use crate::proto::{EventType, FilesystemEvent, WatchRequest, WatcherIdRequest};
+use crate::state::AppState;
+use crate::users::{NameCache, User};
+
+/// Most events a polling watcher buffers between two `GetWatcherEvents` calls; older ones are
+/// dropped beyond that.
+const MAX_BUFFERED: usize = 100_000;
+
+const MASK: u32 = libc::IN_CREATE
+    | libc::IN_MODIFY
+    | libc::IN_DELETE
+    | libc::IN_MOVED_FROM
+    | libc::IN_MOVED_TO
+    | libc::IN_ATTRIB
+    | libc::IN_DELETE_SELF
+    | libc::IN_MOVE_SELF;
+
+/// One raw inotify event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEvent {
+    pub wd: i32,
+    pub mask: u32,
+    pub name: Vec<u8>,
+}
+
+/// Parses a buffer of `struct inotify_event` records.
+pub fn parse_events(buf: &[u8]) -> Vec<RawEvent> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let wd = i32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or([0; 4]));
+        let mask = u32::from_ne_bytes(buf[off + 4..off + 8].try_into().unwrap_or([0; 4]));
+        let len = u32::from_ne_bytes(buf[off + 12..off + 16].try_into().unwrap_or([0; 4])) as usize;
+        let end = (off + 16 + len).min(buf.len());
+        let raw = &buf[off + 16..end];
+        let name = raw.split(|b| *b == 0).next().unwrap_or(&[]).to_vec();
+        out.push(RawEvent { wd, mask, name });
+        off += 16 + len;
+    }
+    out
+}
+
+/// The event types of an inotify mask, in fsnotify's order.
+pub fn event_types(mask: u32) -> Vec<EventType> {
+    let mut v = Vec::new();
+    if mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0 {
+        v.push(EventType::Create);
+    }
+    if mask & (libc::IN_MOVED_FROM | libc::IN_MOVE_SELF) != 0 {
+        v.push(EventType::Rename);
+    }
+    if mask & libc::IN_ATTRIB != 0 {
+        v.push(EventType::Chmod);
+    }
+    if mask & libc::IN_MODIFY != 0 {
+        v.push(EventType::Write);
+    }
+    if mask & (libc::IN_DELETE | libc::IN_DELETE_SELF) != 0 {
+        v.push(EventType::Remove);
+    }
+    v
+}
+
+/// An inotify instance watching one directory (and, if recursive, its subdirectories).
+#[derive(Debug)]
+pub struct DirWatch {
+    fd: AsyncFd<OwnedFd>,
+    root: PathBuf,
+    recursive: bool,
+    include_entry: bool,
+    /// wd → directory relative to the root ("" for the root).
+    wds: Mutex<HashMap<i32, PathBuf>>,
+}
+
+impl DirWatch {
+    pub fn new(root: &Path, recursive: bool, include_entry: bool) -> io::Result<DirWatch> {
+        // SAFETY: inotify_init1 has no preconditions.
+        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let w = DirWatch {
+            fd: crate::pty::async_fd(fd)?,
+            root: root.to_path_buf(),
+            recursive,
+            include_entry,
+            wds: Mutex::new(HashMap::new()),
+        };
+        w.add(Path::new(""))?;
+        if recursive {
+            w.add_tree(Path::new(""));
+        }
+        Ok(w)
+    }
+
+    fn add(&self, rel: &Path) -> io::Result<()> {
+        let abs = if rel.as_os_str().is_empty() { self.root.clone() } else { self.root.join(rel) };
+        let c = CString::new(abs.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: valid descriptor and NUL-terminated path.
+        let wd = unsafe { libc::inotify_add_watch(self.fd.get_ref().as_raw_fd(), c.as_ptr(), MASK | libc::IN_ONLYDIR) };
+        if wd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.wds.lock().unwrap_or_else(|e| e.into_inner()).insert(wd, rel.to_path_buf());
+        Ok(())
+    }
+
+    /// Adds watches for every directory below `rel` (not following symlinks).
+    fn add_tree(&self, rel: &Path) {
+        let abs = self.root.join(rel);
+        let Ok(rd) = std::fs::read_dir(&abs) else { return };
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                let child = rel.join(e.file_name());
+                if self.add(&child).is_ok() {
+                    self.add_tree(&child);
+                }
+            }
+        }
+    }
+
+    /// Reads every event queued right now (never blocks).
+    pub fn drain(&self) -> Vec<FilesystemEvent> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        let mut names = NameCache::default();
+        loop {
+            // SAFETY: buf is writable for its length.
+            let n = unsafe { libc::read(self.fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                break;
+            }
+            for ev in parse_events(&buf[..n as usize]) {
+                self.translate(ev, &mut names, &mut out);
+            }
+        }
+        out
+    }
+
+    fn translate(&self, ev: RawEvent, names: &mut NameCache, out: &mut Vec<FilesystemEvent>) {
+        if ev.mask & libc::IN_Q_OVERFLOW != 0 {
+            tracing::warn!(root = %self.root.display(), "inotify queue overflowed; events were lost");
+            return;
+        }
+        let dir = {
+            let mut wds = self.wds.lock().unwrap_or_else(|e| e.into_inner());
+            if ev.mask & libc::IN_IGNORED != 0 {
+                wds.remove(&ev.wd);
+                return;
+            }
+            match wds.get(&ev.wd) {
+                Some(d) => d.clone(),
+                None => return,
+            }
+        };
+        let is_self = ev.mask & (libc::IN_DELETE_SELF | libc::IN_MOVE_SELF) != 0;
+        if is_self && !dir.as_os_str().is_empty() {
+            // A subdirectory's own deletion is already reported by its parent.
+            return;
+        }
+        let rel = if ev.name.is_empty() { dir.clone() } else { dir.join(std::ffi::OsStr::from_bytes(&ev.name)) };
+        let abs = self.root.join(&rel);
+        if self.recursive
+            && ev.mask & libc::IN_ISDIR != 0
+            && ev.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0
+            && self.add(&rel).is_ok()
+        {
+            self.add_tree(&rel);
+        }
+        let name = if rel.as_os_str().is_empty() { ".".to_string() } else { rel.display().to_string() };
+        for t in event_types(ev.mask) {
+            let entry = if self.include_entry { crate::filesystem::entry_info(&abs, &abs, names).ok() } else { None };
+            out.push(FilesystemEvent { name: name.clone(), event_type: t, entry });
+        }
+    }
+
+    /// Waits until events may be available.
+    pub async fn readable(&self) -> io::Result<()> {
+        let mut g = self.fd.readable().await?;
+        g.clear_ready();
+        Ok(())
+    }
+}
+
+fn check_watch_path(state: &AppState, user: &User, req: &WatchRequest) -> Result<PathBuf, RpcError> {
+    let path = crate::paths::expand_and_resolve(&req.path, &user.home, state.defaults().workdir.as_deref())
+        .map_err(|e| RpcError::invalid_argument(e.to_string()))?;
+    let md = std::fs::metadata(&path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            RpcError::not_found(format!("path {} not found: {e}", path.display()))
+        } else {
+            RpcError::internal(format!("error statting path {}: {e}", path.display()))
+        }
+    })?;
+    if !md.is_dir() {
+        return Err(RpcError::invalid_argument(format!("path {} not a directory", path.display())));
+    }
+    let network = crate::filesystem::is_network_mount(&path)
+        .map_err(|e| RpcError::internal(format!("error checking mount status: {e}")))?;
+    if network && !req.allow_network_mounts {
+        return Err(RpcError::invalid_argument(format!("cannot watch path on network filesystem: {}", path.display())));
+    }
+    Ok(path)
+}
+
+fn new_watch(path: &Path, req: &WatchRequest) -> Result<DirWatch, RpcError> {
+    DirWatch::new(path, req.recursive, req.include_entry).map_err(|e| {
+        let code = if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EMFILE) {
+            Code::ResourceExhausted
+        } else {
+            Code::Internal
+        };
+        RpcError::new(code, format!("error adding path {} to watcher: {e}", path.display()))
+    })
+}
+
+/// `WatchDir` (server stream): `start`, then one message per event, keepalives when idle.
+pub fn watch_dir_rpc(state: &Arc<AppState>, user: Result<User, RpcError>, headers: &HeaderMap, body: &[u8]) -> Response<BoxBody> {
+    let result = (|| {
+        let timeout = connect::parse_timeout(headers)?;
+        let mut dec = connect::EnvelopeDecoder::default();
+        dec.push(body);
+        let env = dec.next_envelope()?.ok_or_else(|| RpcError::invalid_argument("protocol error: request body holds no message"))?;
+        let payload = if env.flags & connect::FLAG_COMPRESSED != 0 { connect::gunzip(&env.payload)? } else { env.payload };
+        let req = WatchRequest::parse(&payload).map_err(|e| RpcError::invalid_argument(format!("invalid request message: {e}")))?;
+        let user = user?;
+        let path = check_watch_path(state, &user, &req)?;
+        Ok::<_, RpcError>((new_watch(&path, &req)?, timeout))
+    })();
+    let (watch, timeout) = match result {
+        Ok(x) => x,
+        Err(e) => return connect::stream_error(&e),
+    };
+    let (sender, resp) = StreamSender::new();
+    let keepalive = connect::keepalive_interval(headers);
+    let st = state.clone();
+    tokio::spawn(async move {
+        let _open = GaugeGuard::new(&st.metrics.streams_open);
+        if sender.send(&json!({ "start": {} })).await.is_err() {
+            return;
+        }
+        let mut ka = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        let deadline = async move {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                r = watch.readable() => {
+                    if let Err(e) = r {
+                        sender.finish(Some(&RpcError::internal(format!("watcher error: {e}")))).await;
+                        return;
+                    }
+                    for ev in watch.drain() {
+                        if sender.send(&json!({ "filesystem": ev })).await.is_err() {
+                            return;
+                        }
+                    }
+                    ka.reset();
+                }
+                _ = ka.tick() => {
+                    if sender.send(&json!({ "keepalive": {} })).await.is_err() {
+                        return;
+                    }
+                }
+                _ = &mut deadline => {
+                    sender.finish(Some(&RpcError::new(Code::DeadlineExceeded, "the operation timed out (connect-timeout-ms)"))).await;
+                    return;
+                }
+                _ = sender.closed() => return,
+            }
+        }
+    });
+    resp
+}
+
+/// A polling watcher: a background task moves events into a buffer; `GetWatcherEvents` first
+/// drains what the kernel already queued, so events of operations that completed before the
+/// call are always included.
+#[derive(Debug)]
+struct Polling {
+    watch: Arc<DirWatch>,
+    events: Arc<Mutex<Vec<FilesystemEvent>>>,
+    task: JoinHandle<()>,
+    _gauge: GaugeGuard,
+}
+
+impl Polling {
+    fn collect(watch: &DirWatch, events: &Mutex<Vec<FilesystemEvent>>) {
+        // Drain while holding the buffer lock so that events stay in kernel order.
+        let mut buf = events.lock().unwrap_or_else(|e| e.into_inner());
+        buf.extend(watch.drain());
+        if buf.len() > MAX_BUFFERED {
+            let excess = buf.len() - MAX_BUFFERED;
+            buf.drain(..excess);
+        }
+    }
+}
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The polling watchers by id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    watchers: Mutex<HashMap<String, Arc<Polling>>>,
+}
+
+fn watcher_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let id: String = (0..20).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    format!("w{id}")
+}
+
+/// `CreateWatcher`.
+pub fn create_watcher(state: &Arc<AppState>, user: User, payload: &[u8]) -> Result<Value, RpcError> {
+    let req = WatchRequest::parse(payload).map_err(|e| RpcError::invalid_argument(format!("invalid request message: {e}")))?;
+    let path = check_watch_path(state, &user, &req)?;
+    let watch = Arc::new(new_watch(&path, &req)?);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let (w, ev) = (watch.clone(), events.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            if w.readable().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Polling::collect(&w, &ev);
+        }
+    });
+    let id = watcher_id();
+    let polling = Arc::new(Polling { watch, events, task, _gauge: GaugeGuard::new(&state.metrics.watchers) });
+    state.watchers.watchers.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), polling);
+    tracing::debug!(watcher = %id, path = %path.display(), recursive = req.recursive, "watcher created");
+    Ok(json!({ "watcherId": id }))
+}
+
+fn find(state: &AppState, id: &str) -> Result<Arc<Polling>, RpcError> {
+    state
+        .watchers
+        .watchers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(id)
+        .cloned()
+        .ok_or_else(|| RpcError::not_found(format!("watcher with id {id} not found")))
+}
+
+/// `GetWatcherEvents`: the events since the previous call.
+pub fn get_events(state: &Arc<AppState>, payload: &[u8]) -> Result<Value, RpcError> {
+    let req: WatcherIdRequest = connect::decode(payload)?;
+    let w = find(state, &req.watcher_id)?;
+    Polling::collect(&w.watch, &w.events);
+    let events = std::mem::take(&mut *w.events.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(json!({ "events": events }))
+}
+
+/// `RemoveWatcher`.
+pub fn remove_watcher(state: &Arc<AppState>, payload: &[u8]) -> Result<Value, RpcError> {
+    let req: WatcherIdRequest = connect::decode(payload)?;
+    let removed = state.watchers.watchers.lock().unwrap_or_else(|e| e.into_inner()).remove(&req.watcher_id);
+    match removed {
+        Some(_) => Ok(json!({})),
+        None => Err(RpcError::not_found(format!("watcher with id {} not found", req.watcher_id))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_mapping() {
+        assert_eq!(event_types(libc::IN_CREATE), vec![EventType::Create]);
+        assert_eq!(event_types(libc::IN_MOVED_TO), vec![EventType::Create]);
+        assert_eq!(event_types(libc::IN_MOVED_FROM), vec![EventType::Rename]);
+        assert_eq!(event_types(libc::IN_ATTRIB), vec![EventType::Chmod]);
+        assert_eq!(event_types(libc::IN_MODIFY), vec![EventType::Write]);
+        assert_eq!(event_types(libc::IN_DELETE | libc::IN_ISDIR), vec![EventType::Remove]);
+    }
+
+    #[test]
+    fn parses_raw_records() {
+        let mut buf = Vec::new();
+        for (wd, mask, name) in [(1i32, libc::IN_CREATE, &b"a.txt"[..]), (2, libc::IN_MODIFY, &b""[..])] {
+            let padded = if name.is_empty() { 0 } else { 16 };
+            buf.extend_from_slice(&wd.to_ne_bytes());
+            buf.extend_from_slice(&mask.to_ne_bytes());
+            buf.extend_from_slice(&0u32.to_ne_bytes());
+            buf.extend_from_slice(&(padded as u32).to_ne_bytes());
+            let mut n = name.to_vec();
+            n.resize(padded, 0);
+            buf.extend_from_slice(&n);
+        }
+        let evs = parse_events(&buf);
+        assert_eq!(evs, vec![
+            RawEvent { wd: 1, mask: libc::IN_CREATE, name: b"a.txt".to_vec() },
+            RawEvent { wd: 2, mask: libc::IN_MODIFY, name: vec![] }
+        ]);
+    }
+
+    #[tokio::test]
+    async fn recursive_watch_sees_new_subdirectories() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = DirWatch::new(dir.path(), true, false).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let first = w.drain();
+        assert_eq!(first[0].name, "sub");
+        assert_eq!(first[0].event_type, EventType::Create);
+        std::fs::write(dir.path().join("sub/f.txt"), "x").unwrap();
+        let evs = w.drain();
+        let kinds: Vec<_> = evs.iter().map(|e| (e.name.as_str(), e.event_type)).collect();
+        assert!(kinds.contains(&("sub/f.txt", EventType::Create)), "{kinds:?}");
+        assert!(kinds.contains(&("sub/f.txt", EventType::Write)), "{kinds:?}");
+    }
+}
