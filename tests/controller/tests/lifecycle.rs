@@ -636,3 +636,79 @@ async fn metrics_health_events_and_graceful_shutdown() {
         "lease released on shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_takes_over_when_the_leader_dies() {
+    let mut env = Env::new("leader").await;
+    env.controller.as_mut().unwrap().child.kill_now();
+    let args = ["--leader-elect", "--leader-elect-lease-seconds", "4"];
+    let mut a = ControllerProcess::start(env.cluster, &env.ns, &args);
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = env.api();
+    let first = env
+        .eventually("a leader", Duration::from_secs(20), || async {
+            let l = leases
+                .get_opt("f57b9a68.kruise.io")
+                .await
+                .map_err(|e| e.to_string())?;
+            l.and_then(|l| l.spec?.holder_identity)
+                .ok_or_else(|| "no holder".to_string())
+        })
+        .await;
+    let b = ControllerProcess::start(env.cluster, &env.ns, &args);
+    let sets: Api<SandboxSet> = env.api();
+    let set: SandboxSet = serde_json::from_value(json!({
+        "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxSet", "metadata": {"name": "ha"},
+        "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "main", "image": "python:3"}]}}}
+    })).unwrap();
+    sets.create(&PostParams::default(), &set).await.unwrap();
+    let avail = |n: i32| {
+        let sets = sets.clone();
+        async move {
+            let s = sets.get("ha").await.map_err(|e| e.to_string())?;
+            let a = s.status.map(|s| s.available_replicas).unwrap_or(0);
+            if a == n {
+                Ok(())
+            } else {
+                Err(format!("{a} available"))
+            }
+        }
+    };
+    env.eventually("leader fills the pool", Duration::from_secs(60), || {
+        avail(3)
+    })
+    .await;
+    // The standby must not act while the leader lives: its metrics show no reconciles.
+    let (_, standby_metrics) = http_get(b.metrics_port, "/metrics");
+    assert!(
+        standby_metrics.contains("sandbox_controller_leader 0"),
+        "{standby_metrics}"
+    );
+    assert!(
+        !standby_metrics.contains("sandbox_controller_reconcile_total{"),
+        "standby reconciled"
+    );
+    a.child.kill_now();
+    sets.patch(
+        "ha",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 5}})),
+    )
+    .await
+    .unwrap();
+    env.eventually(
+        "standby took over and scaled the pool",
+        Duration::from_secs(60),
+        || avail(5),
+    )
+    .await;
+    let holder = leases
+        .get("f57b9a68.kruise.io")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    assert_ne!(holder, first, "the lease moved to the standby");
+    env.controller = Some(b);
+}
