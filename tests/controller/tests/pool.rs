@@ -384,3 +384,44 @@ async fn rolling_update_respects_max_unavailable() {
         "at most 1 unavailable during the rollout; saw {min_available} available"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_strategy_max_unavailable_limits_scale_up() {
+    let env = Env::new("scale-mu").await;
+    let sets: Api<SandboxSet> = env.api();
+    sets.create(
+        &PostParams::default(),
+        &pool_yaml("slow", 8, json!({"scaleStrategy": {"maxUnavailable": 2}})),
+    )
+    .await
+    .unwrap();
+    let max_creating = std::sync::atomic::AtomicUsize::new(0);
+    env.eventually(
+        "pool filled 2 at a time",
+        Duration::from_secs(90),
+        || async {
+            let unused = env
+                .sandboxes(&format!(
+                    "{LABEL_SANDBOX_POOL}=slow,{LABEL_SANDBOX_CLAIMED}=false"
+                ))
+                .await;
+            let now = k8s_openapi::jiff::Timestamp::now();
+            let avail = unused
+                .iter()
+                .filter(|s| sandbox_state(s, now) == SandboxState::Available)
+                .count();
+            max_creating.fetch_max(unused.len() - avail, std::sync::atomic::Ordering::SeqCst);
+            if avail == 8 && unused.len() == 8 {
+                Ok(())
+            } else {
+                Err(format!("{avail}/{} available", unused.len()))
+            }
+        },
+    )
+    .await;
+    let seen = max_creating.into_inner();
+    assert!(
+        seen <= 2,
+        "at most 2 sandboxes were not ready at once, saw {seen}"
+    );
+}
