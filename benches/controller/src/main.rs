@@ -20,7 +20,7 @@ async fn wait(what: &str, timeout: Duration, mut f: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f().await {
         assert!(Instant::now() < deadline, "{what} not reached within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
