@@ -16,7 +16,7 @@ build-controller:
 crdgen:
 	$(CARGO) run --locked -q -p sandbox-api --bin crdgen
 
-test-controller: kube-bins build-controller
+test-controller: kube-bins build-controller build-runtime
 	$(CARGO) test --locked -p sandbox-api -p sandbox-controller -p controller-tests
 
 chart-check: kube-bins

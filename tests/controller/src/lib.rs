@@ -92,17 +92,23 @@ pub struct Env {
 }
 
 impl Env {
+    /// Pods run as a small Python HTTP server (enough for readiness and TCP checks).
     pub async fn new(prefix: &str) -> Env {
+        Self::with_sim(prefix, |c| c.python_http_server()).await
+    }
+
+    /// Pods run as the real agent-runtime (`AGENT_RUNTIME_BIN`) on their own loopback IP.
+    pub async fn with_agent_runtime(prefix: &str) -> Env {
+        Self::with_sim(prefix, |c| c).await
+    }
+
+    async fn with_sim(prefix: &str, sim_cfg: impl FnOnce(NodeSimConfig) -> NodeSimConfig) -> Env {
         let cluster = KubeCluster::shared().await;
         install_crds(cluster).await;
         let ns = cluster.create_namespace(prefix).await;
-        let sim = NodeSimulator::start(
-            cluster,
-            NodeSimConfig::default()
-                .in_namespace(&ns)
-                .python_http_server(),
-        )
-        .await;
+        let sim =
+            NodeSimulator::start(cluster, sim_cfg(NodeSimConfig::default().in_namespace(&ns)))
+                .await;
         let controller = Some(ControllerProcess::start(cluster, &ns, &[]));
         Env {
             cluster,

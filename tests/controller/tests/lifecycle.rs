@@ -712,3 +712,70 @@ async fn standby_takes_over_when_the_leader_dies() {
     assert_ne!(holder, first, "the lease moved to the standby");
     env.controller = Some(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_env_vars_reach_the_real_agent_runtime() {
+    let env = Env::with_agent_runtime("init-real").await;
+    let set: SandboxSet = serde_json::from_value(json!({
+        "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxSet", "metadata": {"name": "agents"},
+        "spec": {"replicas": 1, "template": {"spec": {
+            "initContainers": [{"name": "runtime", "image": "agent-runtime:test", "restartPolicy": "Always"}],
+            "containers": [{"name": "main", "image": "python:3"}]}}}
+    })).unwrap();
+    env.api::<SandboxSet>()
+        .create(&PostParams::default(), &set)
+        .await
+        .unwrap();
+    let claim: SandboxClaim = serde_json::from_value(json!({
+        "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxClaim", "metadata": {"name": "agent"},
+        "spec": {"templateName": "agents", "envVars": {"API_KEY": "sk-real", "MODE": "test"}}
+    })).unwrap();
+    env.api::<SandboxClaim>()
+        .create(&PostParams::default(), &claim)
+        .await
+        .unwrap();
+    let sbx = env
+        .eventually("runtime initialised", Duration::from_secs(60), || async {
+            let l = env.sandboxes("agents.kruise.io/claim-name=agent").await;
+            let Some(s) = l.into_iter().next() else {
+                return Err("not claimed yet".into());
+            };
+            let done = s.status.as_ref().is_some_and(|st| {
+                st.conditions
+                    .iter()
+                    .any(|c| c.type_ == "RuntimeInitialized" && c.status == "True")
+            });
+            if done {
+                Ok(s)
+            } else {
+                Err(format!("{:?}", s.status.as_ref().map(|s| &s.conditions)))
+            }
+        })
+        .await;
+    let ip = sbx.status.as_ref().unwrap().sandbox_ip.clone().unwrap();
+    let token = sbx.annotations()[ANNOTATION_RUNTIME_ACCESS_TOKEN].clone();
+    // Ask the runtime itself, with the token the controller handed it.
+    let get_envs = |token: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect((ip.as_str(), kube_harness::AGENT_RUNTIME_PORT))
+            .expect("runtime answers");
+        write!(
+            s,
+            "GET /envs HTTP/1.1\r\nHost: x\r\nX-Access-Token: {token}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let out = get_envs(&token);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains("\"API_KEY\":\"sk-real\"") && out.contains("\"MODE\":\"test\""),
+        "{out}"
+    );
+    assert!(
+        get_envs("wrong-token").starts_with("HTTP/1.1 401"),
+        "the runtime now requires the claim's token"
+    );
+}
