@@ -34,7 +34,12 @@ pub enum LogFormat {
 #[command(name = "agent-runtime", version, verbatim_doc_comment)]
 pub struct Config {
     /// Address to listen on (repeat the flag, or separate with commas, for several).
-    #[arg(long, env = "AGENT_RUNTIME_LISTEN", default_value = "0.0.0.0:49983", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "AGENT_RUNTIME_LISTEN",
+        default_value = "0.0.0.0:49983",
+        value_delimiter = ','
+    )]
     pub listen: Vec<SocketAddr>,
 
     /// Default Unix user for commands and file operations when a request names none. Default: the
@@ -92,7 +97,10 @@ mod tests {
     fn defaults_and_env_pairs() {
         let c = Config::parse_from(["agent-runtime", "--env", "A=1", "--env", "B=x=y"]);
         assert_eq!(c.listen, vec!["0.0.0.0:49983".parse().unwrap()]);
-        assert_eq!(c.env_pairs().unwrap(), vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]);
+        assert_eq!(
+            c.env_pairs().unwrap(),
+            vec![("A".into(), "1".into()), ("B".into(), "x=y".into())]
+        );
         let bad = Config::parse_from(["agent-runtime", "--env", "nokey"]);
         assert!(bad.env_pairs().is_err());
     }

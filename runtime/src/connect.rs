@@ -95,7 +95,10 @@ pub struct RpcError {
 
 impl RpcError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        RpcError { code, message: message.into() }
+        RpcError {
+            code,
+            message: message.into(),
+        }
     }
     pub fn invalid_argument(m: impl Into<String>) -> Self {
         Self::new(Code::InvalidArgument, m)
@@ -220,13 +223,23 @@ pub fn request_framing(headers: &HeaderMap) -> Result<Framing, (StatusCode, Stri
 
 /// Parses `Connect-Timeout-Ms` (at most 10 digits, per the protocol).
 pub fn parse_timeout(headers: &HeaderMap) -> Result<Option<Duration>, RpcError> {
-    let Some(v) = headers.get("connect-timeout-ms") else { return Ok(None) };
+    let Some(v) = headers.get("connect-timeout-ms") else {
+        return Ok(None);
+    };
     let s = v.to_str().unwrap_or("");
     if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(RpcError::invalid_argument(format!("protocol error: invalid connect-timeout-ms {s:?}")));
+        return Err(RpcError::invalid_argument(format!(
+            "protocol error: invalid connect-timeout-ms {s:?}"
+        )));
     }
-    let ms: u64 = s.parse().map_err(|_| RpcError::invalid_argument("invalid connect-timeout-ms"))?;
-    Ok(if ms == 0 { None } else { Some(Duration::from_millis(ms)) })
+    let ms: u64 = s
+        .parse()
+        .map_err(|_| RpcError::invalid_argument("invalid connect-timeout-ms"))?;
+    Ok(if ms == 0 {
+        None
+    } else {
+        Some(Duration::from_millis(ms))
+    })
 }
 
 /// Parses `Keepalive-Ping-Interval` (seconds); default 90 s like envd.
@@ -247,7 +260,11 @@ pub fn request_encoding(headers: &HeaderMap, framing: Framing) -> Result<bool, R
         Framing::Unary => "content-encoding",
         Framing::Stream => "connect-content-encoding",
     };
-    match headers.get(name).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_ascii_lowercase()) {
+    match headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_ascii_lowercase())
+    {
         None => Ok(false),
         Some(s) if s.is_empty() || s == "identity" => Ok(false),
         Some(s) if s == "gzip" => Ok(true),
@@ -266,30 +283,41 @@ pub fn gunzip(data: &[u8]) -> Result<Bytes, RpcError> {
         .read_to_end(&mut out)
         .map_err(|e| RpcError::invalid_argument(format!("invalid gzip message: {e}")))?;
     if out.len() > MAX_MESSAGE_BYTES {
-        return Err(RpcError::new(Code::ResourceExhausted, "decompressed message too large"));
+        return Err(RpcError::new(
+            Code::ResourceExhausted,
+            "decompressed message too large",
+        ));
     }
     Ok(Bytes::from(out))
 }
 
 /// Parses a JSON request message.
 pub fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, RpcError> {
-    let payload = if payload.iter().all(u8::is_ascii_whitespace) { &b"{}"[..] } else { payload };
-    serde_json::from_slice(payload).map_err(|e| RpcError::invalid_argument(format!("invalid request message: {e}")))
+    let payload = if payload.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        payload
+    };
+    serde_json::from_slice(payload)
+        .map_err(|e| RpcError::invalid_argument(format!("invalid request message: {e}")))
 }
 
 /// Reads a whole request body with a size limit.
 pub async fn read_body(body: hyper::body::Incoming) -> Result<Bytes, RpcError> {
     let limited = http_body_util::Limited::new(body, MAX_MESSAGE_BYTES);
-    limited
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| RpcError::new(Code::InvalidArgument, format!("error reading request body: {e}")))
+    limited.collect().await.map(|c| c.to_bytes()).map_err(|e| {
+        RpcError::new(
+            Code::InvalidArgument,
+            format!("error reading request body: {e}"),
+        )
+    })
 }
 
 /// Base response for RPCs, with the CORS exposure envd also sends.
 fn response_builder(status: StatusCode, content_type: &'static str) -> http::response::Builder {
-    Response::builder().status(status).header(header::CONTENT_TYPE, HeaderValue::from_static(content_type))
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, HeaderValue::from_static(content_type))
 }
 
 /// A successful unary response.
@@ -349,7 +377,10 @@ impl StreamSender {
     /// Sends one message envelope.
     pub async fn send<T: Serialize>(&self, msg: &T) -> Result<(), ClientGone> {
         let payload = serde_json::to_vec(msg).map_err(|_| ClientGone)?;
-        self.tx.send(Ok(envelope(0, &payload))).await.map_err(|_| ClientGone)
+        self.tx
+            .send(Ok(envelope(0, &payload)))
+            .await
+            .map_err(|_| ClientGone)
     }
 
     /// Sends the end-stream envelope, which ends the response.
@@ -377,7 +408,13 @@ mod tests {
         for chunk in all.chunks(3) {
             d.push(chunk);
         }
-        assert_eq!(d.next_envelope().unwrap().unwrap(), Envelope { flags: 0, payload: Bytes::from_static(br#"{"a":1}"#) });
+        assert_eq!(
+            d.next_envelope().unwrap().unwrap(),
+            Envelope {
+                flags: 0,
+                payload: Bytes::from_static(br#"{"a":1}"#)
+            }
+        );
         let end = d.next_envelope().unwrap().unwrap();
         assert_eq!(end.flags, FLAG_END_STREAM);
         assert_eq!(&end.payload[..], b"{}");
@@ -396,7 +433,10 @@ mod tests {
     fn end_stream_error_shape() {
         let e = end_stream(Some(&RpcError::invalid_argument("cwd '/x' does not exist")));
         let v: serde_json::Value = serde_json::from_slice(&e[5..]).unwrap();
-        assert_eq!(v, json!({"error": {"code": "invalid_argument", "message": "cwd '/x' does not exist"}}));
+        assert_eq!(
+            v,
+            json!({"error": {"code": "invalid_argument", "message": "cwd '/x' does not exist"}})
+        );
         assert_eq!(e[0], 2);
     }
 
@@ -424,12 +464,21 @@ mod tests {
     #[test]
     fn framing_from_content_type() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
         assert_eq!(request_framing(&h).unwrap(), Framing::Unary);
-        h.insert(header::CONTENT_TYPE, "application/connect+json".parse().unwrap());
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/connect+json".parse().unwrap(),
+        );
         assert_eq!(request_framing(&h).unwrap(), Framing::Stream);
         h.insert(header::CONTENT_TYPE, "application/proto".parse().unwrap());
-        assert_eq!(request_framing(&h).unwrap_err().0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert_eq!(
+            request_framing(&h).unwrap_err().0,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
     }
 
     #[test]

@@ -34,14 +34,20 @@ pub enum Encoding {
 /// Chooses the response encoding from `Accept-Encoding` like envd: the highest-quality supported
 /// encoding, identity unless it is explicitly refused; `Err` when nothing acceptable is left.
 pub fn negotiate_encoding(header: Option<&str>) -> Result<Encoding, String> {
-    let Some(h) = header.map(str::trim).filter(|h| !h.is_empty()) else { return Ok(Encoding::Identity) };
+    let Some(h) = header.map(str::trim).filter(|h| !h.is_empty()) else {
+        return Ok(Encoding::Identity);
+    };
     let mut items: Vec<(String, f64)> = h
         .split(',')
         .map(|part| {
             let mut it = part.split(';');
             let name = it.next().unwrap_or("").trim().to_ascii_lowercase();
             let q = it
-                .filter_map(|p| p.trim().strip_prefix("q=").or_else(|| p.trim().strip_prefix("Q=")))
+                .filter_map(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .or_else(|| p.trim().strip_prefix("Q="))
+                })
                 .filter_map(|q| q.trim().parse::<f64>().ok())
                 .next()
                 .unwrap_or(1.0);
@@ -57,11 +63,21 @@ pub fn negotiate_encoding(header: Option<&str>) -> Result<Encoding, String> {
         match name.as_str() {
             "identity" => return Ok(Encoding::Identity),
             "gzip" => return Ok(Encoding::Gzip),
-            "*" => return Ok(if identity_refused { Encoding::Gzip } else { Encoding::Identity }),
+            "*" => {
+                return Ok(if identity_refused {
+                    Encoding::Gzip
+                } else {
+                    Encoding::Identity
+                });
+            }
             _ => {}
         }
     }
-    if identity_refused { Err("no acceptable encoding found, supported: [gzip]".into()) } else { Ok(Encoding::Identity) }
+    if identity_refused {
+        Err("no acceptable encoding found, supported: [gzip]".into())
+    } else {
+        Ok(Encoding::Identity)
+    }
 }
 
 /// A parsed `Range` header against a file of `size` bytes.
@@ -78,20 +94,28 @@ pub enum RangeSpec {
 /// Parses a single `bytes=` range (several ranges are answered with the full content, which
 /// RFC 9110 allows).
 pub fn parse_range(header: Option<&str>, size: u64) -> RangeSpec {
-    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else { return RangeSpec::Full };
+    let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return RangeSpec::Full;
+    };
     if spec.contains(',') {
         return RangeSpec::Full;
     }
-    let Some((a, b)) = spec.trim().split_once('-') else { return RangeSpec::Full };
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeSpec::Full;
+    };
     let (a, b) = (a.trim(), b.trim());
     if a.is_empty() {
-        let Ok(n) = b.parse::<u64>() else { return RangeSpec::Full };
+        let Ok(n) = b.parse::<u64>() else {
+            return RangeSpec::Full;
+        };
         if n == 0 || size == 0 {
             return RangeSpec::Unsatisfiable;
         }
         return RangeSpec::Partial(size.saturating_sub(n), size - 1);
     }
-    let Ok(start) = a.parse::<u64>() else { return RangeSpec::Full };
+    let Ok(start) = a.parse::<u64>() else {
+        return RangeSpec::Full;
+    };
     if start >= size {
         return RangeSpec::Unsatisfiable;
     }
@@ -116,7 +140,10 @@ struct Params {
 fn params(query: &HashMap<String, String>) -> Result<Params, String> {
     let expiration = match query.get("signature_expiration") {
         None => None,
-        Some(s) => Some(s.parse::<i64>().map_err(|_| format!("invalid signature_expiration {s:?}"))?),
+        Some(s) => Some(
+            s.parse::<i64>()
+                .map_err(|_| format!("invalid signature_expiration {s:?}"))?,
+        ),
     };
     Ok(Params {
         path: query.get("path").cloned(),
@@ -127,13 +154,21 @@ fn params(query: &HashMap<String, String>) -> Result<Params, String> {
 }
 
 fn now_unix() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 type Reply = Response<BoxBody>;
 
 /// Authorisation and user resolution shared by both directions.
-fn authorize(state: &AppState, headers: &HeaderMap, p: &Params, op: &str) -> Result<User, Box<Reply>> {
+fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    p: &Params,
+    op: &str,
+) -> Result<User, Box<Reply>> {
     let token = state.token();
     let header_token = headers.get("x-access-token").and_then(|v| v.to_str().ok());
     signing::validate(
@@ -148,16 +183,27 @@ fn authorize(state: &AppState, headers: &HeaderMap, p: &Params, op: &str) -> Res
     )
     .map_err(|e: SigningError| Box::new(json_error(StatusCode::UNAUTHORIZED, e.to_string())))?;
     let name = p.username.clone().unwrap_or_else(|| state.defaults().user);
-    users::lookup(&name)
-        .ok_or_else(|| Box::new(json_error(StatusCode::UNAUTHORIZED, format!("error looking up user '{name}': unknown user {name}"))))
+    users::lookup(&name).ok_or_else(|| {
+        Box::new(json_error(
+            StatusCode::UNAUTHORIZED,
+            format!("error looking up user '{name}': unknown user {name}"),
+        ))
+    })
 }
 
 fn content_type_for(path: &str) -> String {
-    mime_guess::from_path(path).first_raw().unwrap_or("application/octet-stream").to_string()
+    mime_guess::from_path(path)
+        .first_raw()
+        .unwrap_or("application/octet-stream")
+        .to_string()
 }
 
 /// `GET /files`.
-pub async fn download(state: &Arc<AppState>, req: Request<Incoming>, query: HashMap<String, String>) -> Reply {
+pub async fn download(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    query: HashMap<String, String>,
+) -> Reply {
     let p = match params(&query) {
         Ok(p) => p,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
@@ -167,25 +213,52 @@ pub async fn download(state: &Arc<AppState>, req: Request<Incoming>, query: Hash
         Err(r) => return *r,
     };
     let raw_path = p.path.clone().unwrap_or_default();
-    let path = match crate::paths::expand_and_resolve(&raw_path, &user.home, state.defaults().workdir.as_deref()) {
+    let path = match crate::paths::expand_and_resolve(
+        &raw_path,
+        &user.home,
+        state.defaults().workdir.as_deref(),
+    ) {
         Ok(p) => p,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("error expanding and resolving path '{raw_path}': {e}")),
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("error expanding and resolving path '{raw_path}': {e}"),
+            );
+        }
     };
     let md = match tokio::fs::metadata(&path).await {
         Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
-            return json_error(StatusCode::NOT_FOUND, format!("path '{}' does not exist", path.display()));
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
+            return json_error(
+                StatusCode::NOT_FOUND,
+                format!("path '{}' does not exist", path.display()),
+            );
         }
-        Err(e) => return json_error(StatusCode::INTERNAL_SERVER_ERROR, format!("error checking if path exists '{}': {e}", path.display())),
+        Err(e) => {
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("error checking if path exists '{}': {e}", path.display()),
+            );
+        }
     };
     if md.is_dir() {
-        return json_error(StatusCode::BAD_REQUEST, format!("path '{}' is a directory", path.display()));
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            format!("path '{}' is a directory", path.display()),
+        );
     }
     let headers = req.headers();
     let hv = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let mut encoding = match negotiate_encoding(hv(header::ACCEPT_ENCODING)) {
         Ok(e) => e,
-        Err(e) => return json_error(StatusCode::NOT_ACCEPTABLE, format!("error parsing Accept-Encoding: {e}")),
+        Err(e) => {
+            return json_error(
+                StatusCode::NOT_ACCEPTABLE,
+                format!("error parsing Accept-Encoding: {e}"),
+            );
+        }
     };
     let range_header = hv(header::RANGE);
     if range_header.is_some()
@@ -198,8 +271,15 @@ pub async fn download(state: &Arc<AppState>, req: Request<Incoming>, query: Hash
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) => {
-            let status = if e.kind() == io::ErrorKind::PermissionDenied { StatusCode::FORBIDDEN } else { StatusCode::INTERNAL_SERVER_ERROR };
-            return json_error(status, format!("error opening file '{}': {e}", path.display()));
+            let status = if e.kind() == io::ErrorKind::PermissionDenied {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            return json_error(
+                status,
+                format!("error opening file '{}': {e}", path.display()),
+            );
         }
     };
     let size = md.len();
@@ -224,7 +304,12 @@ pub async fn download(state: &Arc<AppState>, req: Request<Incoming>, query: Hash
     }
     let (status, start, len, content_range) = match parse_range(range_header, size) {
         RangeSpec::Full => (StatusCode::OK, 0, size, None),
-        RangeSpec::Partial(a, b) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1, Some(format!("bytes {a}-{b}/{size}"))),
+        RangeSpec::Partial(a, b) => (
+            StatusCode::PARTIAL_CONTENT,
+            a,
+            b - a + 1,
+            Some(format!("bytes {a}-{b}/{size}")),
+        ),
         RangeSpec::Unsatisfiable => {
             return Response::builder()
                 .status(StatusCode::RANGE_NOT_SATISFIABLE)
@@ -240,24 +325,33 @@ pub async fn download(state: &Arc<AppState>, req: Request<Incoming>, query: Hash
     if start > 0 {
         use tokio::io::AsyncSeekExt;
         if let Err(e) = file.seek(io::SeekFrom::Start(start)).await {
-            return json_error(StatusCode::INTERNAL_SERVER_ERROR, format!("error seeking: {e}"));
+            return json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("error seeking: {e}"),
+            );
         }
     }
     use tokio::io::AsyncReadExt;
     let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 << 10);
     metrics.inc_by(len);
-    let mut b = builder.status(status).header(header::ACCEPT_RANGES, "bytes").header(header::CONTENT_LENGTH, len);
+    let mut b = builder
+        .status(status)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, len);
     if let Some(cr) = content_range {
         b = b.header(header::CONTENT_RANGE, cr);
     }
-    b.body(stream_body(stream)).unwrap_or_else(|e| json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    b.body(stream_body(stream))
+        .unwrap_or_else(|e| json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 fn stream_body<S>(s: S) -> BoxBody
 where
     S: Stream<Item = io::Result<Bytes>> + Send + 'static,
 {
-    let frames = s.map_ok(hyper::body::Frame::data).map_err(|e| Box::new(e) as BoxError);
+    let frames = s
+        .map_ok(hyper::body::Frame::data)
+        .map_err(|e| Box::new(e) as BoxError);
     http_body_util::StreamBody::new(frames).boxed_unsync()
 }
 
@@ -282,22 +376,35 @@ impl UploadError {
     }
     fn from_io(e: &io::Error, what: &str) -> Self {
         match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => {
-                UploadError(StatusCode::INSUFFICIENT_STORAGE, format!("{what}: not enough disk space available"))
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => UploadError(
+                StatusCode::INSUFFICIENT_STORAGE,
+                format!("{what}: not enough disk space available"),
+            ),
+            Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+                UploadError(StatusCode::FORBIDDEN, format!("{what}: {e}"))
             }
-            Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => UploadError(StatusCode::FORBIDDEN, format!("{what}: {e}")),
             _ => UploadError::internal(format!("{what}: {e}")),
         }
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, UploadError> + Send + 'static) -> Result<T, UploadError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| UploadError::internal(format!("file task failed: {e}")))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, UploadError> + Send + 'static,
+) -> Result<T, UploadError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| UploadError::internal(format!("file task failed: {e}")))?
 }
 
 /// Writes one uploaded file: parent directories, ownership, content, metadata. The order of the
 /// system calls (create, chown, write) is what watchers observe as CREATE, CHMOD, WRITE.
-async fn write_file<S>(path: PathBuf, user: &User, metadata: &BTreeMap<String, String>, mut data: S, state: &AppState) -> Result<(), UploadError>
+async fn write_file<S>(
+    path: PathBuf,
+    user: &User,
+    metadata: &BTreeMap<String, String>,
+    mut data: S,
+    state: &AppState,
+) -> Result<(), UploadError>
 where
     S: Stream<Item = Result<Bytes, UploadError>> + Unpin,
 {
@@ -305,15 +412,24 @@ where
     let p = path.clone();
     let mut file = blocking(move || {
         if let Some(parent) = p.parent() {
-            crate::filesystem::ensure_dirs(parent, uid, gid).map_err(|e| UploadError::internal(format!("error ensuring directories: {e}")))?;
+            crate::filesystem::ensure_dirs(parent, uid, gid)
+                .map_err(|e| UploadError::internal(format!("error ensuring directories: {e}")))?;
         }
         let existed = match std::fs::metadata(&p) {
-            Ok(m) if m.is_dir() => return Err(UploadError::bad(format!("path is a directory: {}", p.display()))),
+            Ok(m) if m.is_dir() => {
+                return Err(UploadError::bad(format!(
+                    "path is a directory: {}",
+                    p.display()
+                )));
+            }
             Ok(_) => true,
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => return Err(UploadError::from_io(&e, "error getting file info")),
         };
-        let chown = |p: &Path| std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(|e| UploadError::from_io(&e, "error changing file ownership"));
+        let chown = |p: &Path| {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid))
+                .map_err(|e| UploadError::from_io(&e, "error changing file ownership"))
+        };
         if existed {
             chown(&p)?;
         }
@@ -343,7 +459,8 @@ where
             let out = buf.split().freeze();
             file = blocking(move || {
                 let mut f = file;
-                f.write_all(&out).map_err(|e| UploadError::from_io(&e, "error writing file"))?;
+                f.write_all(&out)
+                    .map_err(|e| UploadError::from_io(&e, "error writing file"))?;
                 Ok(f)
             })
             .await?;
@@ -356,7 +473,8 @@ where
     let md = metadata.clone();
     blocking(move || {
         drop(file);
-        crate::xattr::replace(&path, &md).map_err(|e| UploadError::from_io(&e, "error storing file metadata"))
+        crate::xattr::replace(&path, &md)
+            .map_err(|e| UploadError::from_io(&e, "error storing file metadata"))
     })
     .await
 }
@@ -376,7 +494,9 @@ where
 type ByteStream = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, UploadError>> + Send>>;
 
 fn body_stream(body: Incoming, gzip: bool) -> ByteStream {
-    let raw = body.into_data_stream().map_err(|e| io::Error::other(format!("error reading request body: {e}")));
+    let raw = body
+        .into_data_stream()
+        .map_err(|e| io::Error::other(format!("error reading request body: {e}")));
     if gzip {
         Box::pin(gunzip_stream(raw))
     } else {
@@ -385,7 +505,11 @@ fn body_stream(body: Incoming, gzip: bool) -> ByteStream {
 }
 
 /// `POST /files`.
-pub async fn upload(state: &Arc<AppState>, req: Request<Incoming>, query: HashMap<String, String>) -> Reply {
+pub async fn upload(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    query: HashMap<String, String>,
+) -> Reply {
     let p = match params(&query) {
         Ok(p) => p,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, e),
@@ -403,20 +527,44 @@ pub async fn upload(state: &Arc<AppState>, req: Request<Incoming>, query: HashMa
     }
 }
 
-async fn upload_inner(state: &Arc<AppState>, req: Request<Incoming>, p: &Params, user: &User) -> Result<Vec<serde_json::Value>, UploadError> {
+async fn upload_inner(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    p: &Params,
+    user: &User,
+) -> Result<Vec<serde_json::Value>, UploadError> {
     let headers = req.headers().clone();
-    let gzip = match headers.get(header::CONTENT_ENCODING).and_then(|v| v.to_str().ok()).map(|s| s.trim().to_ascii_lowercase()) {
+    let gzip = match headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_ascii_lowercase())
+    {
         None => false,
         Some(e) if e.is_empty() || e == "identity" => false,
         Some(e) if e == "gzip" => true,
-        Some(e) => return Err(UploadError::bad(format!("error decompressing request body: unsupported Content-Encoding: {e}, supported: [gzip]"))),
+        Some(e) => {
+            return Err(UploadError::bad(format!(
+                "error decompressing request body: unsupported Content-Encoding: {e}, supported: [gzip]"
+            )));
+        }
     };
-    let metadata = crate::xattr::from_headers(&headers).map_err(|e| UploadError::bad(format!("invalid metadata: {e}")))?;
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let metadata = crate::xattr::from_headers(&headers)
+        .map_err(|e| UploadError::bad(format!("invalid metadata: {e}")))?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let media = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
     let workdir = state.defaults().workdir;
     let resolve = |raw: &str| {
-        crate::paths::expand_and_resolve(raw, &user.home, workdir.as_deref()).map_err(|e| UploadError::bad(format!("error resolving path: {e}")))
+        crate::paths::expand_and_resolve(raw, &user.home, workdir.as_deref())
+            .map_err(|e| UploadError::bad(format!("error resolving path: {e}")))
     };
     let entry = |path: &Path| {
         let mut v = json!({
@@ -432,10 +580,19 @@ async fn upload_inner(state: &Arc<AppState>, req: Request<Incoming>, p: &Params,
     let body = req.into_body();
     if media == "application/octet-stream" {
         let Some(raw) = p.path.as_deref() else {
-            return Err(UploadError::bad("path query parameter is required for raw body upload"));
+            return Err(UploadError::bad(
+                "path query parameter is required for raw body upload",
+            ));
         };
         let path = resolve(raw)?;
-        write_file(path.clone(), user, &metadata, body_stream(body, gzip), state).await?;
+        write_file(
+            path.clone(),
+            user,
+            &metadata,
+            body_stream(body, gzip),
+            state,
+        )
+        .await?;
         return Ok(vec![entry(&path)]);
     }
     if !media.starts_with("multipart/") {
@@ -443,7 +600,8 @@ async fn upload_inner(state: &Arc<AppState>, req: Request<Incoming>, p: &Params,
             "unsupported content type: {content_type}, expected multipart/form-data or application/octet-stream"
         )));
     }
-    let boundary = multer::parse_boundary(&content_type).map_err(|e| UploadError::bad(format!("error parsing multipart form: {e}")))?;
+    let boundary = multer::parse_boundary(&content_type)
+        .map_err(|e| UploadError::bad(format!("error parsing multipart form: {e}")))?;
     let mut multipart = multer::Multipart::new(body_stream(body, gzip), boundary);
     let mut written: Vec<PathBuf> = Vec::new();
     let mut entries = Vec::new();
@@ -459,7 +617,11 @@ async fn upload_inner(state: &Arc<AppState>, req: Request<Incoming>, p: &Params,
         let raw = match (&p.path, field.file_name()) {
             (Some(path), _) => path.clone(),
             (None, Some(name)) => name.to_string(),
-            (None, None) => return Err(UploadError::bad("error getting multipart file name: the part has no filename")),
+            (None, None) => {
+                return Err(UploadError::bad(
+                    "error getting multipart file name: the part has no filename",
+                ));
+            }
         };
         let path = resolve(&raw)?;
         if written.contains(&path) {
@@ -486,12 +648,21 @@ mod tests {
     #[test]
     fn accept_encoding_like_envd() {
         assert_eq!(negotiate_encoding(None), Ok(Encoding::Identity));
-        assert_eq!(negotiate_encoding(Some("gzip, deflate")), Ok(Encoding::Gzip));
+        assert_eq!(
+            negotiate_encoding(Some("gzip, deflate")),
+            Ok(Encoding::Gzip)
+        );
         assert_eq!(negotiate_encoding(Some("zstd,gzip,br")), Ok(Encoding::Gzip));
         assert_eq!(negotiate_encoding(Some("identity")), Ok(Encoding::Identity));
-        assert_eq!(negotiate_encoding(Some("gzip;q=0.5, identity")), Ok(Encoding::Identity));
+        assert_eq!(
+            negotiate_encoding(Some("gzip;q=0.5, identity")),
+            Ok(Encoding::Identity)
+        );
         assert_eq!(negotiate_encoding(Some("br")), Ok(Encoding::Identity));
-        assert_eq!(negotiate_encoding(Some("*;q=1, identity;q=0")), Ok(Encoding::Gzip));
+        assert_eq!(
+            negotiate_encoding(Some("*;q=1, identity;q=0")),
+            Ok(Encoding::Gzip)
+        );
         assert!(negotiate_encoding(Some("br, identity;q=0")).is_err());
         assert_eq!(negotiate_encoding(Some("gzip;q=0")), Ok(Encoding::Identity));
     }
@@ -503,7 +674,10 @@ mod tests {
         assert_eq!(parse_range(Some("bytes=5-"), 10), RangeSpec::Partial(5, 9));
         assert_eq!(parse_range(Some("bytes=-3"), 10), RangeSpec::Partial(7, 9));
         assert_eq!(parse_range(Some("bytes=-30"), 10), RangeSpec::Partial(0, 9));
-        assert_eq!(parse_range(Some("bytes=8-100"), 10), RangeSpec::Partial(8, 9));
+        assert_eq!(
+            parse_range(Some("bytes=8-100"), 10),
+            RangeSpec::Partial(8, 9)
+        );
         assert_eq!(parse_range(Some("bytes=10-"), 10), RangeSpec::Unsatisfiable);
         assert_eq!(parse_range(Some("bytes=0-1,3-4"), 10), RangeSpec::Full);
         assert_eq!(parse_range(Some("bytes=4-2"), 10), RangeSpec::Full);

@@ -53,7 +53,11 @@ pub fn mode_string(st_mode: u32) -> String {
     }
     const RWX: &[u8; 9] = b"rwxrwxrwx";
     for (i, c) in RWX.iter().enumerate() {
-        s.push(if st_mode & (1 << (8 - i)) != 0 { *c as char } else { '-' });
+        s.push(if st_mode & (1 << (8 - i)) != 0 {
+            *c as char
+        } else {
+            '-'
+        });
     }
     s
 }
@@ -78,7 +82,11 @@ pub fn entry_info(path: &Path, display: &Path, names: &mut NameCache) -> io::Res
     let (file_type, mode, symlink_target) = if is_symlink {
         match std::fs::canonicalize(path) {
             Ok(target) => match std::fs::metadata(&target) {
-                Ok(t) => (file_type_of(&t), t.permissions().mode() & 0o777, Some(target.display().to_string())),
+                Ok(t) => (
+                    file_type_of(&t),
+                    t.permissions().mode() & 0o777,
+                    Some(target.display().to_string()),
+                ),
                 Err(_) => (FileType::Unspecified, 0, Some(target.display().to_string())),
             },
             Err(_) => (FileType::Unspecified, 0, Some(path.display().to_string())),
@@ -86,7 +94,10 @@ pub fn entry_info(path: &Path, display: &Path, names: &mut NameCache) -> io::Res
     } else {
         (file_type_of(&md), md.permissions().mode() & 0o777, None)
     };
-    let name = display.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "/".to_string());
+    let name = display
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "/".to_string());
     Ok(EntryInfo {
         name,
         file_type,
@@ -96,7 +107,10 @@ pub fn entry_info(path: &Path, display: &Path, names: &mut NameCache) -> io::Res
         permissions: mode_string(md.mode()),
         owner: names.user(md.uid()),
         group: names.group(md.gid()),
-        modified_time: Some(timefmt::rfc3339(md.mtime(), md.mtime_nsec().clamp(0, 999_999_999) as u32)),
+        modified_time: Some(timefmt::rfc3339(
+            md.mtime(),
+            md.mtime_nsec().clamp(0, 999_999_999) as u32,
+        )),
         symlink_target,
         metadata: crate::xattr::read(path),
         is_symlink,
@@ -106,8 +120,13 @@ pub fn entry_info(path: &Path, display: &Path, names: &mut NameCache) -> io::Res
 fn io_to_rpc(e: &io::Error, what: &str) -> RpcError {
     match e.raw_os_error() {
         Some(libc::ENOENT) | Some(libc::ENOTDIR) => RpcError::not_found(format!("{what}: {e}")),
-        Some(libc::ELOOP) => RpcError::new(Code::FailedPrecondition, format!("{what}: cyclic symlink or chain >255 links: {e}")),
-        Some(libc::EACCES) | Some(libc::EPERM) => RpcError::new(Code::PermissionDenied, format!("{what}: {e}")),
+        Some(libc::ELOOP) => RpcError::new(
+            Code::FailedPrecondition,
+            format!("{what}: cyclic symlink or chain >255 links: {e}"),
+        ),
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            RpcError::new(Code::PermissionDenied, format!("{what}: {e}"))
+        }
         _ => RpcError::internal(format!("{what}: {e}")),
     }
 }
@@ -124,7 +143,9 @@ pub fn ensure_dirs(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
                 match std::fs::create_dir(&cur) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(format!("failed to create directory {}: {e}", cur.display())),
+                    Err(e) => {
+                        return Err(format!("failed to create directory {}: {e}", cur.display()));
+                    }
                 }
                 std::os::unix::fs::chown(&cur, Some(uid), Some(gid))
                     .map_err(|e| format!("failed to chown directory {}: {e}", cur.display()))?;
@@ -142,7 +163,8 @@ fn resolve(state: &AppState, user: &User, path: &str) -> Result<PathBuf, RpcErro
 
 fn stat(state: &AppState, user: &User, req: PathRequest) -> Result<Value, RpcError> {
     let path = resolve(state, user, &req.path)?;
-    let entry = entry_info(&path, &path, &mut NameCache::default()).map_err(|e| io_to_rpc(&e, "error getting file info"))?;
+    let entry = entry_info(&path, &path, &mut NameCache::default())
+        .map_err(|e| io_to_rpc(&e, "error getting file info"))?;
     Ok(json!({ "entry": entry }))
 }
 
@@ -150,16 +172,23 @@ fn make_dir(state: &AppState, user: &User, req: PathRequest) -> Result<Value, Rp
     let path = resolve(state, user, &req.path)?;
     match std::fs::metadata(&path) {
         Ok(md) if md.is_dir() => {
-            return Err(RpcError::new(Code::AlreadyExists, format!("directory already exists: {}", path.display())));
+            return Err(RpcError::new(
+                Code::AlreadyExists,
+                format!("directory already exists: {}", path.display()),
+            ));
         }
         Ok(_) => {
-            return Err(RpcError::invalid_argument(format!("path already exists but it is not a directory: {}", path.display())));
+            return Err(RpcError::invalid_argument(format!(
+                "path already exists but it is not a directory: {}",
+                path.display()
+            )));
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_to_rpc(&e, "error getting file info")),
     }
     ensure_dirs(&path, user.uid, user.gid).map_err(RpcError::internal)?;
-    let entry = entry_info(&path, &path, &mut NameCache::default()).map_err(|e| io_to_rpc(&e, "error getting file info"))?;
+    let entry = entry_info(&path, &path, &mut NameCache::default())
+        .map_err(|e| io_to_rpc(&e, "error getting file info"))?;
     Ok(json!({ "entry": entry }))
 }
 
@@ -167,14 +196,17 @@ fn move_entry(state: &AppState, user: &User, req: MoveRequest) -> Result<Value, 
     let source = resolve(state, user, &req.source)?;
     let destination = resolve(state, user, &req.destination)?;
     if let Err(e) = std::fs::symlink_metadata(&source) {
-        return Err(io_to_rpc(&e, &format!("source file not found: {}", source.display())));
+        return Err(io_to_rpc(
+            &e,
+            &format!("source file not found: {}", source.display()),
+        ));
     }
     if let Some(parent) = destination.parent() {
         ensure_dirs(parent, user.uid, user.gid).map_err(RpcError::internal)?;
     }
     std::fs::rename(&source, &destination).map_err(|e| io_to_rpc(&e, "error renaming"))?;
-    let entry =
-        entry_info(&destination, &destination, &mut NameCache::default()).map_err(|e| io_to_rpc(&e, "error getting file info"))?;
+    let entry = entry_info(&destination, &destination, &mut NameCache::default())
+        .map_err(|e| io_to_rpc(&e, "error getting file info"))?;
     Ok(json!({ "entry": entry }))
 }
 
@@ -193,14 +225,27 @@ fn remove(state: &AppState, user: &User, req: PathRequest) -> Result<Value, RpcE
     }
 }
 
-fn walk(real: &Path, display: &Path, depth: u32, names: &mut NameCache, out: &mut Vec<EntryInfo>) -> io::Result<()> {
-    let mut children: Vec<_> = std::fs::read_dir(real)?.filter_map(Result::ok).map(|e| e.file_name()).collect();
+fn walk(
+    real: &Path,
+    display: &Path,
+    depth: u32,
+    names: &mut NameCache,
+    out: &mut Vec<EntryInfo>,
+) -> io::Result<()> {
+    let mut children: Vec<_> = std::fs::read_dir(real)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
     children.sort();
     for name in children {
         let child_real = real.join(&name);
         let child_display = display.join(&name);
-        let Ok(entry) = entry_info(&child_real, &child_display, names) else { continue };
-        let is_real_dir = std::fs::symlink_metadata(&child_real).map(|m| m.is_dir()).unwrap_or(false);
+        let Ok(entry) = entry_info(&child_real, &child_display, names) else {
+            continue;
+        };
+        let is_real_dir = std::fs::symlink_metadata(&child_real)
+            .map(|m| m.is_dir())
+            .unwrap_or(false);
         out.push(entry);
         if is_real_dir && depth > 1 {
             // An unreadable subdirectory is listed but not descended into.
@@ -216,18 +261,28 @@ fn list_dir(state: &AppState, user: &User, req: ListDirRequest) -> Result<Value,
     let real = std::fs::canonicalize(&requested).map_err(|e| io_to_rpc(&e, "path not found"))?;
     let md = std::fs::metadata(&real).map_err(|e| io_to_rpc(&e, "directory not found"))?;
     if !md.is_dir() {
-        return Err(RpcError::invalid_argument(format!("path is not a directory: {}", requested.display())));
+        return Err(RpcError::invalid_argument(format!(
+            "path is not a directory: {}",
+            requested.display()
+        )));
     }
     let mut entries = Vec::new();
-    walk(&real, &requested, depth, &mut NameCache::default(), &mut entries)
-        .map_err(|e| io_to_rpc(&e, &format!("error reading directory {}", real.display())))?;
+    walk(
+        &real,
+        &requested,
+        depth,
+        &mut NameCache::default(),
+        &mut entries,
+    )
+    .map_err(|e| io_to_rpc(&e, &format!("error reading directory {}", real.display())))?;
     Ok(json!({ "entries": entries }))
 }
 
 /// Whether `path` is on NFS, CIFS/SMB or FUSE.
 pub fn is_network_mount(path: &Path) -> io::Result<bool> {
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: statfs is plain old data.
     let mut s: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid pointers for the call.
@@ -236,17 +291,30 @@ pub fn is_network_mount(path: &Path) -> io::Result<bool> {
     }
     #[allow(clippy::unnecessary_cast)]
     let magic = s.f_type as i64 as u32 as u64;
-    Ok(matches!(magic, 0x6969 | 0xFF53_4D42 | 0x517B | 0xFE53_4D42 | 0x6573_5546))
+    Ok(matches!(
+        magic,
+        0x6969 | 0xFF53_4D42 | 0x517B | 0xFE53_4D42 | 0x6573_5546
+    ))
 }
 
 /// The unary methods of `filesystem.Filesystem`.
-pub async fn unary(state: &Arc<AppState>, user: Result<User, RpcError>, method: &str, payload: &[u8]) -> Result<Value, RpcError> {
+pub async fn unary(
+    state: &Arc<AppState>,
+    user: Result<User, RpcError>,
+    method: &str,
+    payload: &[u8],
+) -> Result<Value, RpcError> {
     match method {
         "CreateWatcher" => return crate::watch::create_watcher(state, user?, payload),
         "GetWatcherEvents" => return crate::watch::get_events(state, payload),
         "RemoveWatcher" => return crate::watch::remove_watcher(state, payload),
         "Stat" | "MakeDir" | "Move" | "ListDir" | "Remove" => {}
-        _ => return Err(RpcError::new(Code::Unimplemented, format!("filesystem.Filesystem/{method} is not implemented"))),
+        _ => {
+            return Err(RpcError::new(
+                Code::Unimplemented,
+                format!("filesystem.Filesystem/{method} is not implemented"),
+            ));
+        }
     }
     let user = user?;
     let state = state.clone();
@@ -272,9 +340,15 @@ mod tests {
         assert_eq!(mode_string(libc::S_IFREG | 0o644), "-rw-r--r--");
         assert_eq!(mode_string(libc::S_IFDIR | 0o755), "drwxr-xr-x");
         assert_eq!(mode_string(libc::S_IFLNK | 0o777), "Lrwxrwxrwx");
-        assert_eq!(mode_string(libc::S_IFDIR | libc::S_ISVTX | 0o777), "dtrwxrwxrwx");
+        assert_eq!(
+            mode_string(libc::S_IFDIR | libc::S_ISVTX | 0o777),
+            "dtrwxrwxrwx"
+        );
         assert_eq!(mode_string(libc::S_IFCHR | 0o666), "Dcrw-rw-rw-");
-        assert_eq!(mode_string(libc::S_IFREG | libc::S_ISUID | 0o755), "urwxr-xr-x");
+        assert_eq!(
+            mode_string(libc::S_IFREG | libc::S_ISUID | 0o755),
+            "urwxr-xr-x"
+        );
     }
 
     #[test]
@@ -293,7 +367,10 @@ mod tests {
         let e = entry_info(&l, &l, &mut names).unwrap();
         assert_eq!(e.file_type, FileType::File);
         assert!(e.is_symlink);
-        assert_eq!(e.symlink_target.unwrap(), std::fs::canonicalize(&f).unwrap().display().to_string());
+        assert_eq!(
+            e.symlink_target.unwrap(),
+            std::fs::canonicalize(&f).unwrap().display().to_string()
+        );
         assert!(e.permissions.starts_with('L'));
         let d = entry_info(dir.path(), dir.path(), &mut names).unwrap();
         assert_eq!(d.file_type, FileType::Directory);
@@ -306,6 +383,10 @@ mod tests {
         ensure_dirs(&deep, crate::users::euid(), crate::users::egid()).unwrap();
         assert!(deep.is_dir());
         std::fs::write(dir.path().join("f"), "").unwrap();
-        assert!(ensure_dirs(&dir.path().join("f/x"), 0, 0).unwrap_err().contains("path is a file"));
+        assert!(
+            ensure_dirs(&dir.path().join("f/x"), 0, 0)
+                .unwrap_err()
+                .contains("path is a file")
+        );
     }
 }

@@ -16,12 +16,16 @@ pub type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// A complete body.
 pub fn full(data: impl Into<Bytes>) -> BoxBody {
-    Full::new(data.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// An empty body.
 pub fn empty() -> BoxBody {
-    Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 /// A body fed by a channel; an `Err` item aborts the response (the connection is reset rather
@@ -41,7 +45,10 @@ impl Body for ChannelBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(Ok(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
@@ -57,7 +64,8 @@ impl Body for ChannelBody {
 
 /// envd's plain-HTTP error shape: `{"code": <status>, "message": "..."}` as `application/json`.
 pub fn json_error(status: StatusCode, message: impl AsRef<str>) -> Response<BoxBody> {
-    let body = serde_json::to_vec(&json!({ "code": status.as_u16(), "message": message.as_ref() })).unwrap_or_default();
+    let body = serde_json::to_vec(&json!({ "code": status.as_u16(), "message": message.as_ref() }))
+        .unwrap_or_default();
     Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "application/json")
@@ -106,7 +114,8 @@ pub fn parse_query(q: Option<&str>) -> HashMap<String, String> {
     let mut map = HashMap::new();
     for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        map.entry(percent_decode(k, true)).or_insert_with(|| percent_decode(v, true));
+        map.entry(percent_decode(k, true))
+            .or_insert_with(|| percent_decode(v, true));
     }
     map
 }
@@ -117,7 +126,9 @@ mod tests {
 
     #[test]
     fn query_decoding() {
-        let q = parse_query(Some("path=%2Fhome%2Fuser%2Fa+b.txt&username=root&signature=v1_ab%2Bc&x"));
+        let q = parse_query(Some(
+            "path=%2Fhome%2Fuser%2Fa+b.txt&username=root&signature=v1_ab%2Bc&x",
+        ));
         assert_eq!(q["path"], "/home/user/a b.txt");
         assert_eq!(q["username"], "root");
         assert_eq!(q["signature"], "v1_ab+c");

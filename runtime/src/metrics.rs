@@ -38,22 +38,71 @@ impl Metrics {
         let upload_bytes = Counter::default();
         let download_bytes = Counter::default();
         let info = Family::<Labels, Gauge>::default();
-        info.get_or_create(&vec![("version", crate::VERSION.to_string()), ("envd_version", crate::ENVD_VERSION.to_string())])
-            .set(1);
-        registry.register("requests", "HTTP requests by route and status code", requests.clone());
-        registry.register("processes_started", "Processes started", processes_started.clone());
-        registry.register("processes_running", "Processes currently running", processes_running.clone());
-        registry.register("streams_open", "Open server streams (process output, directory watches)", streams_open.clone());
-        registry.register("watchers", "Polling directory watchers (CreateWatcher)", watchers.clone());
-        registry.register("upload_bytes", "File bytes written through POST /files", upload_bytes.clone());
-        registry.register("download_bytes", "File bytes read through GET /files", download_bytes.clone());
-        registry.register("build_info", "Daemon version and the envd version it implements", info);
-        Metrics { registry, requests, processes_started, processes_running, streams_open, watchers, upload_bytes, download_bytes }
+        info.get_or_create(&vec![
+            ("version", crate::VERSION.to_string()),
+            ("envd_version", crate::ENVD_VERSION.to_string()),
+        ])
+        .set(1);
+        registry.register(
+            "requests",
+            "HTTP requests by route and status code",
+            requests.clone(),
+        );
+        registry.register(
+            "processes_started",
+            "Processes started",
+            processes_started.clone(),
+        );
+        registry.register(
+            "processes_running",
+            "Processes currently running",
+            processes_running.clone(),
+        );
+        registry.register(
+            "streams_open",
+            "Open server streams (process output, directory watches)",
+            streams_open.clone(),
+        );
+        registry.register(
+            "watchers",
+            "Polling directory watchers (CreateWatcher)",
+            watchers.clone(),
+        );
+        registry.register(
+            "upload_bytes",
+            "File bytes written through POST /files",
+            upload_bytes.clone(),
+        );
+        registry.register(
+            "download_bytes",
+            "File bytes read through GET /files",
+            download_bytes.clone(),
+        );
+        registry.register(
+            "build_info",
+            "Daemon version and the envd version it implements",
+            info,
+        );
+        Metrics {
+            registry,
+            requests,
+            processes_started,
+            processes_running,
+            streams_open,
+            watchers,
+            upload_bytes,
+            download_bytes,
+        }
     }
 
     /// Counts one finished request.
     pub fn request(&self, route: &str, status: u16) {
-        self.requests.get_or_create(&vec![("route", route.to_string()), ("code", status.to_string())]).inc();
+        self.requests
+            .get_or_create(&vec![
+                ("route", route.to_string()),
+                ("code", status.to_string()),
+            ])
+            .inc();
     }
 
     /// The Prometheus text exposition.
@@ -95,7 +144,10 @@ mod tests {
             assert!(m.render().contains("agent_runtime_streams_open 1"));
         }
         let text = m.render();
-        assert!(text.contains("agent_runtime_requests_total{route=\"/health\",code=\"204\"} 1"), "{text}");
+        assert!(
+            text.contains("agent_runtime_requests_total{route=\"/health\",code=\"204\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("agent_runtime_processes_started_total 1"));
         assert!(text.contains("agent_runtime_streams_open 0"));
         assert!(text.contains("envd_version=\"0.6.13\""));

@@ -29,7 +29,11 @@ pub fn clean(path: &Path) -> PathBuf {
 }
 
 /// Resolves `path` for a user with home `home`; `default_workdir` applies to an empty path.
-pub fn expand_and_resolve(path: &str, home: &Path, default_workdir: Option<&Path>) -> Result<PathBuf, PathError> {
+pub fn expand_and_resolve(
+    path: &str,
+    home: &Path,
+    default_workdir: Option<&Path>,
+) -> Result<PathBuf, PathError> {
     if path.contains('\0') {
         return Err(PathError::Nul);
     }
@@ -61,7 +65,8 @@ mod tests {
     use super::*;
 
     fn r(p: &str, wd: Option<&str>) -> Result<String, PathError> {
-        expand_and_resolve(p, Path::new("/home/user"), wd.map(Path::new)).map(|p| p.display().to_string())
+        expand_and_resolve(p, Path::new("/home/user"), wd.map(Path::new))
+            .map(|p| p.display().to_string())
     }
 
     #[test]
@@ -74,7 +79,10 @@ mod tests {
         assert_eq!(r("/tmp//a/./b/..", None).unwrap(), "/tmp/a");
         assert_eq!(r("../../../etc", None).unwrap(), "/etc");
         assert_eq!(r("/..", None).unwrap(), "/");
-        assert!(matches!(r("~root/x", None), Err(PathError::OtherUsersHome(_))));
+        assert!(matches!(
+            r("~root/x", None),
+            Err(PathError::OtherUsersHome(_))
+        ));
         assert_eq!(r("a\0b", None), Err(PathError::Nul));
     }
 

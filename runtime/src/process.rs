@@ -15,22 +15,22 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, Response};
-use hyper::body::Incoming;
 use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::connect::{self, Code, RpcError, StreamSender};
 use crate::httputil::BoxBody;
 use crate::metrics::GaugeGuard;
 use crate::proto::{
-    self, EndEvent, OutputKind, ProcessConfig, ProcessSelector, SelectorRequest, SendInputRequest, SendSignalRequest, Signal,
-    StartRequest, StreamInputRequest, UpdateRequest,
+    self, EndEvent, OutputKind, ProcessConfig, ProcessSelector, SelectorRequest, SendInputRequest,
+    SendSignalRequest, Signal, StartRequest, StreamInputRequest, UpdateRequest,
 };
 use crate::state::AppState;
 use crate::users::{self, User};
@@ -77,7 +77,11 @@ impl Proc {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.subs.lock().unwrap_or_else(|e| e.into_inner()).end.is_some()
+        self.subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .end
+            .is_some()
     }
 
     /// A receiver of the process's future events (or of its end event, if it already ended).
@@ -94,13 +98,22 @@ impl Proc {
     }
 
     async fn emit(&self, kind: OutputKind, data: Bytes) {
-        let list = self.subs.lock().unwrap_or_else(|e| e.into_inner()).list.clone();
+        let list = self
+            .subs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .list
+            .clone();
         let mut gone = false;
         for s in &list {
             gone |= s.send(ProcEvent::Data(kind, data.clone())).await.is_err();
         }
         if gone {
-            self.subs.lock().unwrap_or_else(|e| e.into_inner()).list.retain(|s| !s.is_closed());
+            self.subs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .list
+                .retain(|s| !s.is_closed());
         }
     }
 
@@ -125,7 +138,11 @@ impl Proc {
             }
         }
         // SAFETY: as above.
-        if unsafe { libc::kill(pid, sig) } == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+        if unsafe { libc::kill(pid, sig) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     async fn write_stdin(&self, data: &[u8]) -> Result<(), RpcError> {
@@ -136,11 +153,16 @@ impl Proc {
         }
         let mut guard = self.stdin.lock().await;
         let Some(w) = guard.as_mut() else {
-            return Err(RpcError::internal("error writing to stdin: stdin not enabled or closed"));
+            return Err(RpcError::internal(
+                "error writing to stdin: stdin not enabled or closed",
+            ));
         };
-        w.write_all(data)
-            .await
-            .map_err(|e| RpcError::internal(format!("error writing to stdin of process '{}': {e}", self.pid)))
+        w.write_all(data).await.map_err(|e| {
+            RpcError::internal(format!(
+                "error writing to stdin of process '{}': {e}",
+                self.pid
+            ))
+        })
     }
 
     async fn write_pty(&self, mut data: &[u8]) -> Result<(), RpcError> {
@@ -157,10 +179,19 @@ impl Proc {
             match guard.try_io(|inner| {
                 // SAFETY: data is a live slice; the fd is open while `inner` is borrowed.
                 let n = unsafe { libc::write(inner.as_raw_fd(), data.as_ptr().cast(), data.len()) };
-                if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
             }) {
                 Ok(Ok(n)) => data = &data[n..],
-                Ok(Err(e)) => return Err(RpcError::internal(format!("error writing to tty of process '{}': {e}", self.pid))),
+                Ok(Err(e)) => {
+                    return Err(RpcError::internal(format!(
+                        "error writing to tty of process '{}': {e}",
+                        self.pid
+                    )));
+                }
                 Err(_would_block) => continue,
             }
         }
@@ -180,7 +211,9 @@ impl Proc {
 
     fn resize(&self, cols: u32, rows: u32) -> Result<(), RpcError> {
         let Some(fd) = &self.pty else {
-            return Err(RpcError::invalid_argument("error resizing tty: tty not assigned to process"));
+            return Err(RpcError::invalid_argument(
+                "error resizing tty: tty not assigned to process",
+            ));
         };
         let clamp = |v: u32| v.min(u16::MAX as u32) as u16;
         crate::pty::resize(fd.get_ref().as_raw_fd(), clamp(cols), clamp(rows))
@@ -240,7 +273,11 @@ impl Registry {
         if let Some(p) = g.running.remove(&pid) {
             g.finished.push_back((Instant::now(), p));
         }
-        while g.finished.len() > FINISHED_MAX || g.finished.front().is_some_and(|(t, _)| t.elapsed() > FINISHED_KEEP) {
+        while g.finished.len() > FINISHED_MAX
+            || g.finished
+                .front()
+                .is_some_and(|(t, _)| t.elapsed() > FINISHED_KEEP)
+        {
             g.finished.pop_front();
         }
     }
@@ -263,7 +300,12 @@ impl Registry {
         }
         let sel = sel.cloned().unwrap_or_default();
         let g = self.lock();
-        g.finished.iter().rev().find(|(_, p)| matches(p, &sel)).map(|(_, p)| p.clone()).ok_or_else(|| selector_error(&sel))
+        g.finished
+            .iter()
+            .rev()
+            .find(|(_, p)| matches(p, &sel))
+            .map(|(_, p)| p.clone())
+            .ok_or_else(|| selector_error(&sel))
     }
 
     /// Running processes, oldest pid first.
@@ -329,18 +371,38 @@ pub fn end_event_from(status: io::Result<std::process::ExitStatus>) -> EndEvent 
         Ok(s) => {
             if let Some(code) = s.code() {
                 let status = format!("exit status {code}");
-                EndEvent { exit_code: code, exited: true, error: (code != 0).then(|| status.clone()), status }
+                EndEvent {
+                    exit_code: code,
+                    exited: true,
+                    error: (code != 0).then(|| status.clone()),
+                    status,
+                }
             } else if let Some(sig) = s.signal() {
                 let mut status = format!("signal: {}", signal_name(sig));
                 if s.core_dumped() {
                     status.push_str(" (core dumped)");
                 }
-                EndEvent { exit_code: -1, exited: false, error: Some(status.clone()), status }
+                EndEvent {
+                    exit_code: -1,
+                    exited: false,
+                    error: Some(status.clone()),
+                    status,
+                }
             } else {
-                EndEvent { exit_code: -1, exited: false, status: format!("{s}"), error: Some(format!("{s}")) }
+                EndEvent {
+                    exit_code: -1,
+                    exited: false,
+                    status: format!("{s}"),
+                    error: Some(format!("{s}")),
+                }
             }
         }
-        Err(e) => EndEvent { exit_code: -1, exited: false, status: String::new(), error: Some(format!("error waiting for process: {e}")) },
+        Err(e) => EndEvent {
+            exit_code: -1,
+            exited: false,
+            status: String::new(),
+            error: Some(format!("error waiting for process: {e}")),
+        },
     }
 }
 
@@ -353,7 +415,12 @@ pub fn build_env(
     call: &std::collections::BTreeMap<String, String>,
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), path.filter(|p| !p.is_empty()).unwrap_or(DEFAULT_PATH).to_string()),
+        (
+            "PATH".into(),
+            path.filter(|p| !p.is_empty())
+                .unwrap_or(DEFAULT_PATH)
+                .to_string(),
+        ),
         ("HOME".into(), user.home.display().to_string()),
         ("USER".into(), user.name.clone()),
         ("LOGNAME".into(), user.name.clone()),
@@ -365,7 +432,12 @@ pub fn build_env(
     env
 }
 
-async fn pump_pipe(rx: pipe::Receiver, kind: OutputKind, proc: Arc<Proc>, exited: CancellationToken) {
+async fn pump_pipe(
+    rx: pipe::Receiver,
+    kind: OutputKind,
+    proc: Arc<Proc>,
+    exited: CancellationToken,
+) {
     let mut buf = vec![0u8; CHUNK];
     loop {
         tokio::select! {
@@ -396,7 +468,11 @@ async fn pump_pipe(rx: pipe::Receiver, kind: OutputKind, proc: Arc<Proc>, exited
 fn read_fd(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
     // SAFETY: buf is a live, writable slice.
     let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
 }
 
 async fn pump_pty(fd: Arc<AsyncFd<OwnedFd>>, proc: Arc<Proc>, exited: CancellationToken) {
@@ -419,7 +495,10 @@ async fn pump_pty(fd: Arc<AsyncFd<OwnedFd>>, proc: Arc<Proc>, exited: Cancellati
     }
     loop {
         match read_fd(fd.get_ref(), &mut buf) {
-            Ok(n) if n > 0 => proc.emit(OutputKind::Pty, Bytes::copy_from_slice(&buf[..n])).await,
+            Ok(n) if n > 0 => {
+                proc.emit(OutputKind::Pty, Bytes::copy_from_slice(&buf[..n]))
+                    .await
+            }
             _ => return,
         }
     }
@@ -439,10 +518,17 @@ pub fn start(
         return Err(RpcError::invalid_argument("process cmd is required"));
     }
     let defaults = state.defaults();
-    let cwd = crate::paths::expand_and_resolve(cfg.cwd.as_deref().unwrap_or(""), &user.home, defaults.workdir.as_deref())
-        .map_err(|e| RpcError::invalid_argument(e.to_string()))?;
+    let cwd = crate::paths::expand_and_resolve(
+        cfg.cwd.as_deref().unwrap_or(""),
+        &user.home,
+        defaults.workdir.as_deref(),
+    )
+    .map_err(|e| RpcError::invalid_argument(e.to_string()))?;
     if std::fs::metadata(&cwd).is_err() {
-        return Err(RpcError::invalid_argument(format!("cwd '{}' does not exist", cwd.display())));
+        return Err(RpcError::invalid_argument(format!(
+            "cwd '{}' does not exist",
+            cwd.display()
+        )));
     }
     let switch = if user.uid != users::euid() {
         if users::euid() != 0 {
@@ -455,7 +541,14 @@ pub fn start(
                 ),
             ));
         }
-        Some((user.uid, user.gid, user.groups.iter().map(|g| *g as libc::gid_t).collect::<Vec<_>>()))
+        Some((
+            user.uid,
+            user.gid,
+            user.groups
+                .iter()
+                .map(|g| *g as libc::gid_t)
+                .collect::<Vec<_>>(),
+        ))
     } else {
         None
     };
@@ -466,15 +559,36 @@ pub fn start(
     cmd.args(&cfg.args).env_clear().envs(env).current_dir(&cwd);
 
     let pty_size = req.pty.map(|p| p.size.unwrap_or_default());
-    let internal = |what: &str, e: io::Error| RpcError::internal(format!("error creating {what} for command '{}': {e}", cfg.cmd));
+    let internal = |what: &str, e: io::Error| {
+        RpcError::internal(format!(
+            "error creating {what} for command '{}': {e}",
+            cfg.cmd
+        ))
+    };
     let mut pty_master = None;
     let mut pipes = None;
     let mut stdin_writer = None;
     if let Some(size) = pty_size {
-        let clamp = |v: u32| if v == 0 { None } else { Some(v.min(u16::MAX as u32) as u16) };
-        let pair = crate::pty::open(clamp(size.cols).unwrap_or(80), clamp(size.rows).unwrap_or(24)).map_err(|e| internal("pty", e))?;
-        let s = |fd: &OwnedFd| fd.try_clone().map(Stdio::from).map_err(|e| internal("pty", e));
-        cmd.stdin(s(&pair.slave)?).stdout(s(&pair.slave)?).stderr(s(&pair.slave)?);
+        let clamp = |v: u32| {
+            if v == 0 {
+                None
+            } else {
+                Some(v.min(u16::MAX as u32) as u16)
+            }
+        };
+        let pair = crate::pty::open(
+            clamp(size.cols).unwrap_or(80),
+            clamp(size.rows).unwrap_or(24),
+        )
+        .map_err(|e| internal("pty", e))?;
+        let s = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map(Stdio::from)
+                .map_err(|e| internal("pty", e))
+        };
+        cmd.stdin(s(&pair.slave)?)
+            .stdout(s(&pair.slave)?)
+            .stderr(s(&pair.slave)?);
         pty_master = Some(pair.master);
     } else {
         let (out_r, out_w) = crate::pty::pipe().map_err(|e| internal("stdout pipe", e))?;
@@ -504,7 +618,9 @@ pub fn start(
                 return Err(io::Error::last_os_error());
             }
             if let Some((uid, gid, groups)) = &switch
-                && (libc::setgroups(groups.len(), groups.as_ptr()) < 0 || libc::setgid(*gid) < 0 || libc::setuid(*uid) < 0)
+                && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                    || libc::setgid(*gid) < 0
+                    || libc::setuid(*uid) < 0)
             {
                 return Err(io::Error::last_os_error());
             }
@@ -514,7 +630,10 @@ pub fn start(
     let child = cmd.spawn();
     drop(cmd); // closes the child's ends of the pipes / the PTY slave in this process
     let mut child = child.map_err(|e| {
-        let cmdline = std::iter::once(cfg.cmd.as_str()).chain(cfg.args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ");
+        let cmdline = std::iter::once(cfg.cmd.as_str())
+            .chain(cfg.args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" ");
         RpcError::invalid_argument(format!("error starting process '{cmdline}': {e}"))
     })?;
     let pid = child.id().unwrap_or(0);
@@ -524,7 +643,9 @@ pub fn start(
         None => None,
     };
     let pty = match pty_master {
-        Some(m) => Some(Arc::new(crate::pty::async_fd(m).map_err(|e| internal("pty", e))?)),
+        Some(m) => Some(Arc::new(
+            crate::pty::async_fd(m).map_err(|e| internal("pty", e))?,
+        )),
         None => None,
     };
     let mut config = cfg.clone();
@@ -548,7 +669,12 @@ pub fn start(
     if let Some((out_r, err_r)) = pipes {
         for (fd, kind) in [(out_r, OutputKind::Stdout), (err_r, OutputKind::Stderr)] {
             match pipe::Receiver::from_owned_fd(fd) {
-                Ok(r) => readers.push(tokio::spawn(pump_pipe(r, kind, proc.clone(), exited.clone()))),
+                Ok(r) => readers.push(tokio::spawn(pump_pipe(
+                    r,
+                    kind,
+                    proc.clone(),
+                    exited.clone(),
+                ))),
                 Err(e) => tracing::error!(pid, error = %e, "cannot read process output"),
             }
         }
@@ -562,7 +688,11 @@ pub fn start(
         tokio::spawn(async move {
             tokio::time::sleep(t).await;
             if !p.is_finished() {
-                tracing::info!(pid = p.pid, timeout_ms = t.as_millis() as u64, "process reached its timeout; killing it");
+                tracing::info!(
+                    pid = p.pid,
+                    timeout_ms = t.as_millis() as u64,
+                    "process reached its timeout; killing it"
+                );
                 let _ = p.signal(libc::SIGKILL);
             }
         });
@@ -645,10 +775,14 @@ fn first_message(headers: &HeaderMap, body: &[u8]) -> Result<Bytes, RpcError> {
     let gz = connect::request_encoding(headers, connect::Framing::Stream)?;
     let mut dec = connect::EnvelopeDecoder::default();
     dec.push(body);
-    let env = dec.next_envelope()?.ok_or_else(|| RpcError::invalid_argument("protocol error: request body holds no message"))?;
+    let env = dec.next_envelope()?.ok_or_else(|| {
+        RpcError::invalid_argument("protocol error: request body holds no message")
+    })?;
     if env.flags & connect::FLAG_COMPRESSED != 0 {
         if !gz {
-            return Err(RpcError::invalid_argument("protocol error: compressed message without connect-content-encoding"));
+            return Err(RpcError::invalid_argument(
+                "protocol error: compressed message without connect-content-encoding",
+            ));
         }
         return connect::gunzip(&env.payload);
     }
@@ -656,7 +790,12 @@ fn first_message(headers: &HeaderMap, body: &[u8]) -> Result<Bytes, RpcError> {
 }
 
 /// `Start` (server stream).
-pub fn start_rpc(state: &Arc<AppState>, user: Result<User, RpcError>, headers: &HeaderMap, body: &[u8]) -> Response<BoxBody> {
+pub fn start_rpc(
+    state: &Arc<AppState>,
+    user: Result<User, RpcError>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response<BoxBody> {
     let result = (|| {
         let timeout = connect::parse_timeout(headers)?;
         let req: StartRequest = connect::decode(&first_message(headers, body)?)?;
@@ -669,7 +808,14 @@ pub fn start_rpc(state: &Arc<AppState>, user: Result<User, RpcError>, headers: &
         Ok((proc, rx, timeout)) => {
             let (sender, resp) = StreamSender::new();
             let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-            tokio::spawn(drive_stream(state.clone(), sender, proc.pid, rx, connect::keepalive_interval(headers), deadline));
+            tokio::spawn(drive_stream(
+                state.clone(),
+                sender,
+                proc.pid,
+                rx,
+                connect::keepalive_interval(headers),
+                deadline,
+            ));
             resp
         }
     }
@@ -689,7 +835,14 @@ pub fn connect_rpc(state: &Arc<AppState>, headers: &HeaderMap, body: &[u8]) -> R
             let rx = proc.subscribe();
             let (sender, resp) = StreamSender::new();
             let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
-            tokio::spawn(drive_stream(state.clone(), sender, proc.pid, rx, connect::keepalive_interval(headers), deadline));
+            tokio::spawn(drive_stream(
+                state.clone(),
+                sender,
+                proc.pid,
+                rx,
+                connect::keepalive_interval(headers),
+                deadline,
+            ));
             resp
         }
     }
@@ -697,9 +850,16 @@ pub fn connect_rpc(state: &Arc<AppState>, headers: &HeaderMap, body: &[u8]) -> R
 
 async fn apply_input(proc: &Proc, input: Option<&proto::ProcessInput>) -> Result<(), RpcError> {
     match input {
-        Some(proto::ProcessInput { pty: Some(data), .. }) => proc.write_pty(data).await,
-        Some(proto::ProcessInput { stdin: Some(data), .. }) => proc.write_stdin(data).await,
-        _ => Err(RpcError::new(Code::Unimplemented, "invalid input type: expected stdin or pty")),
+        Some(proto::ProcessInput {
+            pty: Some(data), ..
+        }) => proc.write_pty(data).await,
+        Some(proto::ProcessInput {
+            stdin: Some(data), ..
+        }) => proc.write_stdin(data).await,
+        _ => Err(RpcError::new(
+            Code::Unimplemented,
+            "invalid input type: expected stdin or pty",
+        )),
     }
 }
 
@@ -721,10 +881,15 @@ pub async fn unary(state: &Arc<AppState>, method: &str, payload: &[u8]) -> Resul
             let sig = match req.signal {
                 Signal::Kill => libc::SIGKILL,
                 Signal::Term => libc::SIGTERM,
-                other => return Err(RpcError::invalid_argument(format!("invalid signal: {other:?}"))),
+                other => {
+                    return Err(RpcError::invalid_argument(format!(
+                        "invalid signal: {other:?}"
+                    )));
+                }
             };
             let proc = state.processes.running(req.process.as_ref())?;
-            proc.signal(sig).map_err(|e| RpcError::internal(format!("error sending signal: {e}")))?;
+            proc.signal(sig)
+                .map_err(|e| RpcError::internal(format!("error sending signal: {e}")))?;
             Ok(json!({}))
         }
         "CloseStdin" => {
@@ -741,31 +906,47 @@ pub async fn unary(state: &Arc<AppState>, method: &str, payload: &[u8]) -> Resul
             }
             Ok(json!({}))
         }
-        _ => Err(RpcError::new(Code::Unimplemented, format!("process.Process/{method} is not implemented"))),
+        _ => Err(RpcError::new(
+            Code::Unimplemented,
+            format!("process.Process/{method} is not implemented"),
+        )),
     }
 }
 
 /// `StreamInput` (client stream): a start selector, then input chunks until the body ends.
-pub async fn stream_input(state: &Arc<AppState>, headers: &HeaderMap, mut body: Incoming) -> Response<BoxBody> {
+pub async fn stream_input(
+    state: &Arc<AppState>,
+    headers: &HeaderMap,
+    mut body: Incoming,
+) -> Response<BoxBody> {
     let result: Result<(), RpcError> = async {
         let gz = connect::request_encoding(headers, connect::Framing::Stream)?;
         let mut dec = connect::EnvelopeDecoder::default();
         let mut proc: Option<Arc<Proc>> = None;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| RpcError::new(Code::Unknown, format!("error streaming input: {e}")))?;
-            let Ok(data) = frame.into_data() else { continue };
+            let frame = frame
+                .map_err(|e| RpcError::new(Code::Unknown, format!("error streaming input: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             dec.push(&data);
             while let Some(env) = dec.next_envelope()? {
                 if env.flags & connect::FLAG_END_STREAM != 0 {
                     continue;
                 }
-                let payload = if env.flags & connect::FLAG_COMPRESSED != 0 && gz { connect::gunzip(&env.payload)? } else { env.payload };
+                let payload = if env.flags & connect::FLAG_COMPRESSED != 0 && gz {
+                    connect::gunzip(&env.payload)?
+                } else {
+                    env.payload
+                };
                 let msg: StreamInputRequest = connect::decode(&payload)?;
                 if let Some(start) = msg.start {
                     proc = Some(state.processes.running(start.process.as_ref())?);
                 } else if let Some(data) = msg.data {
                     let Some(p) = &proc else {
-                        return Err(RpcError::invalid_argument("the start event must come before input"));
+                        return Err(RpcError::invalid_argument(
+                            "the start event must come before input",
+                        ));
                     };
                     apply_input(p, data.input.as_ref()).await?;
                 } else if msg.keepalive.is_none() {
@@ -774,7 +955,9 @@ pub async fn stream_input(state: &Arc<AppState>, headers: &HeaderMap, mut body: 
             }
         }
         if dec.remaining() > 0 {
-            return Err(RpcError::invalid_argument("protocol error: incomplete envelope at the end of the stream"));
+            return Err(RpcError::invalid_argument(
+                "protocol error: incomplete envelope at the end of the stream",
+            ));
         }
         Ok(())
     }
@@ -794,12 +977,28 @@ mod tests {
     fn end_events_like_go() {
         use std::os::unix::process::ExitStatusExt;
         let ok = end_event_from(Ok(std::process::ExitStatus::from_raw(0)));
-        assert_eq!(ok, EndEvent { exit_code: 0, exited: true, status: "exit status 0".into(), error: None });
+        assert_eq!(
+            ok,
+            EndEvent {
+                exit_code: 0,
+                exited: true,
+                status: "exit status 0".into(),
+                error: None
+            }
+        );
         let one = end_event_from(Ok(std::process::ExitStatus::from_raw(1 << 8)));
         assert_eq!(one.exit_code, 1);
         assert_eq!(one.error.as_deref(), Some("exit status 1"));
         let killed = end_event_from(Ok(std::process::ExitStatus::from_raw(9)));
-        assert_eq!(killed, EndEvent { exit_code: -1, exited: false, status: "signal: killed".into(), error: Some("signal: killed".into()) });
+        assert_eq!(
+            killed,
+            EndEvent {
+                exit_code: -1,
+                exited: false,
+                status: "signal: killed".into(),
+                error: Some("signal: killed".into())
+            }
+        );
         let core = end_event_from(Ok(std::process::ExitStatus::from_raw(11 | 0x80)));
         assert_eq!(core.status, "signal: segmentation fault (core dumped)");
         assert_eq!(signal_name(15), "terminated");
@@ -808,21 +1007,31 @@ mod tests {
 
     #[test]
     fn env_precedence() {
-        let user = User { name: "u".into(), uid: 1, gid: 1, home: "/home/u".into(), groups: vec![1] };
+        let user = User {
+            name: "u".into(),
+            uid: 1,
+            gid: 1,
+            home: "/home/u".into(),
+            groups: vec![1],
+        };
         let mut sandbox = BTreeMap::new();
         sandbox.insert("E2B_SANDBOX".to_string(), "true".to_string());
         sandbox.insert("HOME".to_string(), "/override".to_string());
         sandbox.insert("A".to_string(), "sandbox".to_string());
         let mut call = BTreeMap::new();
         call.insert("A".to_string(), "call".to_string());
-        let env: HashMap<_, _> = build_env(Some("/bin"), &user, &sandbox, &call).into_iter().collect();
+        let env: HashMap<_, _> = build_env(Some("/bin"), &user, &sandbox, &call)
+            .into_iter()
+            .collect();
         assert_eq!(env["PATH"], "/bin");
         assert_eq!(env["USER"], "u");
         assert_eq!(env["LOGNAME"], "u");
         assert_eq!(env["HOME"], "/override");
         assert_eq!(env["A"], "call");
         assert_eq!(env["E2B_SANDBOX"], "true");
-        let env: HashMap<_, _> = build_env(None, &user, &BTreeMap::new(), &BTreeMap::new()).into_iter().collect();
+        let env: HashMap<_, _> = build_env(None, &user, &BTreeMap::new(), &BTreeMap::new())
+            .into_iter()
+            .collect();
         assert_eq!(env["PATH"], DEFAULT_PATH);
         assert_eq!(env["HOME"], "/home/u");
     }

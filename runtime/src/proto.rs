@@ -35,10 +35,18 @@ fn number_from_value<E: de::Error>(v: Value) -> Result<Option<u64>, E> {
         Value::Null => Ok(None),
         Value::Number(n) => n
             .as_u64()
-            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
             .map(Some)
             .ok_or_else(|| E::custom(format!("expected a non-negative integer, got {n}"))),
-        Value::String(s) => s.trim().parse::<u64>().map(Some).map_err(|_| E::custom(format!("invalid integer {s:?}"))),
+        Value::String(s) => s
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| E::custom(format!("invalid integer {s:?}"))),
         other => Err(E::custom(format!("expected an integer, got {other}"))),
     }
 }
@@ -51,7 +59,9 @@ fn de_opt_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> 
     let v = Value::deserialize(d)?;
     match number_from_value::<D::Error>(v)? {
         None => Ok(None),
-        Some(n) => u32::try_from(n).map(Some).map_err(|_| de::Error::custom(format!("{n} does not fit uint32"))),
+        Some(n) => u32::try_from(n)
+            .map(Some)
+            .map_err(|_| de::Error::custom(format!("{n} does not fit uint32"))),
     }
 }
 
@@ -66,10 +76,13 @@ fn de_vec_string<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Erro
 /// Decodes proto `bytes` from base64 (standard or URL-safe, padding optional).
 pub fn decode_b64(s: &str) -> Result<Vec<u8>, String> {
     use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-    const CFG: GeneralPurposeConfig = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    const CFG: GeneralPurposeConfig =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
     const STD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, CFG);
     const URL: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, CFG);
-    STD.decode(s).or_else(|_| URL.decode(s)).map_err(|e| format!("invalid base64: {e}"))
+    STD.decode(s)
+        .or_else(|_| URL.decode(s))
+        .map_err(|e| format!("invalid base64: {e}"))
 }
 
 /// Encodes proto `bytes` as standard padded base64.
@@ -219,7 +232,11 @@ impl<'de> Deserialize<'de> for Signal {
                 "SIGNAL_UNSPECIFIED" => Signal::Unspecified,
                 "SIGNAL_SIGTERM" => Signal::Term,
                 "SIGNAL_SIGKILL" => Signal::Kill,
-                other => return Err(de::Error::custom(format!("unknown enum value {other:?} for process.Signal"))),
+                other => {
+                    return Err(de::Error::custom(format!(
+                        "unknown enum value {other:?} for process.Signal"
+                    )));
+                }
             },
             Value::Number(n) => match n.as_i64() {
                 Some(0) => Signal::Unspecified,
@@ -355,7 +372,10 @@ impl WatchRequest {
             serde_json::from_slice(payload).map_err(|e| e.to_string())?
         };
         if let Value::Object(map) = &mut v {
-            for (camel, snake) in [("includeEntry", "include_entry"), ("allowNetworkMounts", "allow_network_mounts")] {
+            for (camel, snake) in [
+                ("includeEntry", "include_entry"),
+                ("allowNetworkMounts", "allow_network_mounts"),
+            ] {
                 if let Some(x) = map.remove(camel) {
                     map.insert(snake.to_string(), x);
                 }
@@ -368,7 +388,11 @@ impl WatchRequest {
 #[derive(Deserialize, Debug, Clone, Default)]
 #[serde(default)]
 pub struct WatcherIdRequest {
-    #[serde(deserialize_with = "de_string", alias = "watcher_id", rename = "watcherId")]
+    #[serde(
+        deserialize_with = "de_string",
+        alias = "watcher_id",
+        rename = "watcherId"
+    )]
     pub watcher_id: String,
 }
 
@@ -465,19 +489,28 @@ mod tests {
         assert_eq!(p.cwd.as_deref(), Some("/tmp"));
         assert_eq!(r.stdin, Some(false));
         assert_eq!(r.tag, None);
-        let pty: StartRequest = serde_json::from_str(r#"{"process":{"cmd":"x"},"pty":{"size":{"cols":"80","rows":24}}}"#).unwrap();
-        assert_eq!(pty.pty.unwrap().size.unwrap(), PtySize { cols: 80, rows: 24 });
+        let pty: StartRequest = serde_json::from_str(
+            r#"{"process":{"cmd":"x"},"pty":{"size":{"cols":"80","rows":24}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            pty.pty.unwrap().size.unwrap(),
+            PtySize { cols: 80, rows: 24 }
+        );
         assert_eq!(pty.stdin, None);
     }
 
     #[test]
     fn selectors_inputs_and_signals() {
-        let r: SendInputRequest = serde_json::from_str(r#"{"process":{"pid":"42"},"input":{"stdin":"aGk"}}"#).unwrap();
+        let r: SendInputRequest =
+            serde_json::from_str(r#"{"process":{"pid":"42"},"input":{"stdin":"aGk"}}"#).unwrap();
         assert_eq!(r.process.unwrap().pid, Some(42));
         assert_eq!(r.input.unwrap().stdin.unwrap(), b"hi");
-        let s: SendSignalRequest = serde_json::from_str(r#"{"process":{"tag":"t"},"signal":"SIGNAL_SIGKILL"}"#).unwrap();
+        let s: SendSignalRequest =
+            serde_json::from_str(r#"{"process":{"tag":"t"},"signal":"SIGNAL_SIGKILL"}"#).unwrap();
         assert_eq!(s.signal, Signal::Kill);
-        let s: SendSignalRequest = serde_json::from_str(r#"{"process":{"pid":1},"signal":15}"#).unwrap();
+        let s: SendSignalRequest =
+            serde_json::from_str(r#"{"process":{"pid":1},"signal":15}"#).unwrap();
         assert_eq!(s.signal, Signal::Term);
         assert!(serde_json::from_str::<SendSignalRequest>(r#"{"signal":"SIGHUP"}"#).is_err());
         assert!(serde_json::from_str::<SendInputRequest>(r#"{"process":{"pid":-1}}"#).is_err());
@@ -485,7 +518,8 @@ mod tests {
 
     #[test]
     fn watch_request_both_spellings() {
-        let a = WatchRequest::parse(br#"{"path":"/x","recursive":true,"includeEntry":true}"#).unwrap();
+        let a =
+            WatchRequest::parse(br#"{"path":"/x","recursive":true,"includeEntry":true}"#).unwrap();
         assert!(a.recursive && a.include_entry && !a.allow_network_mounts);
         let b = WatchRequest::parse(br#"{"path":"/x","allow_network_mounts":true}"#).unwrap();
         assert!(b.allow_network_mounts);
@@ -497,11 +531,30 @@ mod tests {
 
     #[test]
     fn events_serialize_canonically() {
-        assert_eq!(data_event(OutputKind::Stdout, b"hi\n"), json!({"event":{"data":{"stdout":"aGkK"}}}));
-        let end = EndEvent { exit_code: 0, exited: true, status: "exit status 0".into(), error: None };
-        assert_eq!(end_event(&end), json!({"event":{"end":{"exited":true,"status":"exit status 0"}}}));
-        let killed = EndEvent { exit_code: -1, exited: false, status: "signal: killed".into(), error: Some("signal: killed".into()) };
-        assert_eq!(killed.to_json(), json!({"exitCode":-1,"status":"signal: killed","error":"signal: killed"}));
+        assert_eq!(
+            data_event(OutputKind::Stdout, b"hi\n"),
+            json!({"event":{"data":{"stdout":"aGkK"}}})
+        );
+        let end = EndEvent {
+            exit_code: 0,
+            exited: true,
+            status: "exit status 0".into(),
+            error: None,
+        };
+        assert_eq!(
+            end_event(&end),
+            json!({"event":{"end":{"exited":true,"status":"exit status 0"}}})
+        );
+        let killed = EndEvent {
+            exit_code: -1,
+            exited: false,
+            status: "signal: killed".into(),
+            error: Some("signal: killed".into()),
+        };
+        assert_eq!(
+            killed.to_json(),
+            json!({"exitCode":-1,"status":"signal: killed","error":"signal: killed"})
+        );
         let e = EntryInfo {
             name: "a".into(),
             file_type: FileType::File,

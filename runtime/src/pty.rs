@@ -13,14 +13,20 @@ pub struct PtyPair {
 }
 
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
 }
 
 /// Opens a pseudo-terminal of the given size; the master is non-blocking.
 pub fn open(cols: u16, rows: u16) -> io::Result<PtyPair> {
     // SAFETY: plain libc calls on descriptors this function owns.
     unsafe {
-        let m = check(libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC))?;
+        let m = check(libc::posix_openpt(
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        ))?;
         let master = OwnedFd::from_raw_fd(m);
         check(libc::grantpt(m))?;
         check(libc::unlockpt(m))?;
@@ -29,7 +35,10 @@ pub fn open(cols: u16, rows: u16) -> io::Result<PtyPair> {
         if rc != 0 {
             return Err(io::Error::from_raw_os_error(rc));
         }
-        let s = check(libc::open(CStr::from_ptr(name.as_ptr()).as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC))?;
+        let s = check(libc::open(
+            CStr::from_ptr(name.as_ptr()).as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        ))?;
         let slave = OwnedFd::from_raw_fd(s);
         resize(master.as_raw_fd(), cols, rows)?;
         set_nonblocking(m)?;
@@ -39,7 +48,12 @@ pub fn open(cols: u16, rows: u16) -> io::Result<PtyPair> {
 
 /// Sets the window size (the kernel sends SIGWINCH to the foreground process group).
 pub fn resize(fd: RawFd, cols: u16, rows: u16) -> io::Result<()> {
-    let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: `ws` lives for the duration of the ioctl.
     check(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) })?;
     Ok(())

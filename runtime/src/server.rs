@@ -21,7 +21,8 @@ use crate::connect::{self, Code, Framing, RpcError};
 use crate::httputil::{BoxBody, empty, full, json_error, json_ok, parse_query};
 use crate::state::AppState;
 
-const UNAUTHORIZED: &str = "unauthorized access, please provide a valid access token or method signing if supported";
+const UNAUTHORIZED: &str =
+    "unauthorized access, please provide a valid access token or method signing if supported";
 
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -31,7 +32,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let state = AppState::new(&config).map_err(|e| anyhow::anyhow!(e))?;
     let mut listeners = Vec::new();
     for addr in &config.listen {
-        let l = TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
         listeners.push(l);
     }
     let shutdown = CancellationToken::new();
@@ -51,7 +54,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         version = crate::VERSION,
         "agent-runtime serving"
     );
-    serve(listeners, state.clone(), shutdown, config.shutdown_timeout()).await;
+    serve(
+        listeners,
+        state.clone(),
+        shutdown,
+        config.shutdown_timeout(),
+    )
+    .await;
     let killed = state.processes.kill_all();
     tracing::info!(killed_processes = killed, "agent-runtime stopped");
     Ok(())
@@ -59,7 +68,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };
@@ -71,7 +83,12 @@ async fn wait_for_signal() {
 
 /// Accepts connections on every listener until `shutdown`, then lets open connections finish
 /// for up to `grace`.
-pub async fn serve(listeners: Vec<TcpListener>, state: Arc<AppState>, shutdown: CancellationToken, grace: Duration) {
+pub async fn serve(
+    listeners: Vec<TcpListener>,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let mut tasks = Vec::new();
     for listener in listeners {
@@ -79,7 +96,10 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<AppState>, shutdown: 
         tasks.push(tokio::spawn(async move {
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder.http1().timer(TokioTimer::new()).keep_alive(true);
-            builder.http2().timer(TokioTimer::new()).max_concurrent_streams(1000);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(1000);
             let builder = Arc::new(builder);
             loop {
                 let (stream, peer) = tokio::select! {
@@ -99,7 +119,9 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<AppState>, shutdown: 
                     let st = st.clone();
                     async move { Ok::<_, Infallible>(handle(st, req, peer).await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .into_owned();
                 let fut = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = fut.await {
@@ -112,7 +134,8 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<AppState>, shutdown: 
     for t in tasks {
         let _ = t.await;
     }
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| hyper_util::server::graceful::GracefulShutdown::new());
+    let graceful = Arc::try_unwrap(graceful)
+        .unwrap_or_else(|_| hyper_util::server::graceful::GracefulShutdown::new());
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections closed"),
         _ = tokio::time::sleep(grace) => tracing::warn!(grace_secs = grace.as_secs(), "connections still open after the grace period; closing them"),
@@ -121,7 +144,10 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<AppState>, shutdown: 
 
 fn with_cors(mut resp: Response<BoxBody>) -> Response<BoxBody> {
     let h = resp.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
         HeaderValue::from_static("Connect-Protocol-Version, Grpc-Status, Grpc-Message, Content-Encoding, Content-Range, X-Envd-Version"),
@@ -132,7 +158,10 @@ fn with_cors(mut resp: Response<BoxBody>) -> Response<BoxBody> {
 fn preflight() -> Response<BoxBody> {
     Response::builder()
         .status(StatusCode::NO_CONTENT)
-        .header(header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, PUT, DELETE, OPTIONS, PATCH, HEAD")
+        .header(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            "GET, POST, PUT, DELETE, OPTIONS, PATCH, HEAD",
+        )
         .header(header::ACCESS_CONTROL_ALLOW_HEADERS, "*")
         .header(header::ACCESS_CONTROL_MAX_AGE, "7200")
         .body(empty())
@@ -143,13 +172,19 @@ fn preflight() -> Response<BoxBody> {
 fn route_label(method: &Method, path: &str) -> String {
     match path {
         "/health" | "/init" | "/envs" | "/metrics" | "/files" => format!("{method} {path}"),
-        p if p.starts_with("/process.Process/") || p.starts_with("/filesystem.Filesystem/") => p.to_string(),
+        p if p.starts_with("/process.Process/") || p.starts_with("/filesystem.Filesystem/") => {
+            p.to_string()
+        }
         _ => "other".to_string(),
     }
 }
 
 /// Handles one request.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Response<BoxBody> {
+pub async fn handle(
+    state: Arc<AppState>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<BoxBody> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -168,10 +203,16 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Response<BoxBod
     }
     let exempt = matches!(
         (&method, path.as_str()),
-        (&Method::GET, "/health") | (&Method::GET, "/files") | (&Method::POST, "/files") | (&Method::POST, "/init")
+        (&Method::GET, "/health")
+            | (&Method::GET, "/files")
+            | (&Method::POST, "/files")
+            | (&Method::POST, "/init")
     );
     if !exempt {
-        let token = req.headers().get("x-access-token").and_then(|v| v.to_str().ok());
+        let token = req
+            .headers()
+            .get("x-access-token")
+            .and_then(|v| v.to_str().ok());
         if !state.token_allows(token) {
             tracing::warn!(%path, "request without a valid access token");
             return json_error(StatusCode::UNAUTHORIZED, UNAUTHORIZED);
@@ -190,19 +231,27 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Response<BoxBod
         (Method::POST, "/init") => init(state, req).await,
         (Method::GET, "/envs") => json_ok(&json!(state.defaults().envs)),
         (Method::GET, "/metrics") => metrics(state, &req).await,
-        (_, "/health" | "/files" | "/init" | "/envs" | "/metrics") => {
-            json_error(StatusCode::METHOD_NOT_ALLOWED, format!("method {method} is not allowed on {path}"))
-        }
+        (_, "/health" | "/files" | "/init" | "/envs" | "/metrics") => json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {method} is not allowed on {path}"),
+        ),
         _ => rpc(state, req).await,
     }
 }
 
 async fn metrics(state: &Arc<AppState>, req: &Request<Incoming>) -> Response<BoxBody> {
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     if accept.contains("text/plain") || accept.contains("application/openmetrics-text") {
         return Response::builder()
             .status(StatusCode::OK)
-            .header(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .header(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
             .body(full(state.metrics.render()))
             .expect("static response parts");
     }
@@ -222,11 +271,24 @@ struct InitRequest {
 /// Parses an RFC 3339 timestamp into nanoseconds since the epoch.
 pub fn parse_rfc3339_nanos(s: &str) -> Option<i128> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || (b[10] != b'T' && b[10] != b't' && b[10] != b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || (b[10] != b'T' && b[10] != b't' && b[10] != b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, se) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let (y, mo, d, h, mi, se) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
     let mut rest = &s[19..];
     let mut nanos: i128 = 0;
     if let Some(frac) = rest.strip_prefix('.') {
@@ -278,13 +340,21 @@ async fn init(state: &Arc<AppState>, req: Request<Incoming>) -> Response<BoxBody
     } else {
         match serde_json::from_slice(&body) {
             Ok(v) => v,
-            Err(e) => return json_error(StatusCode::BAD_REQUEST, format!("invalid init request: {e}")),
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("invalid init request: {e}"),
+                );
+            }
         }
     };
     let _guard = state.init_lock.lock().await;
     if let Some(ts) = &init.timestamp {
         let Some(nanos) = parse_rfc3339_nanos(ts) else {
-            return json_error(StatusCode::BAD_REQUEST, format!("invalid timestamp {ts:?}: expected RFC 3339"));
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                format!("invalid timestamp {ts:?}: expected RFC 3339"),
+            );
         };
         let mut last = state.last_init.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_some_and(|l| nanos <= l) {
@@ -295,16 +365,26 @@ async fn init(state: &Arc<AppState>, req: Request<Incoming>) -> Response<BoxBody
     }
     let current = state.token();
     match (&current, &init.access_token) {
-        (Some(cur), Some(new)) if !crate::signing::constant_time_eq(cur.as_bytes(), new.as_bytes()) => {
+        (Some(cur), Some(new))
+            if !crate::signing::constant_time_eq(cur.as_bytes(), new.as_bytes()) =>
+        {
             return json_error(StatusCode::UNAUTHORIZED, "access token validation failed");
         }
-        (Some(_), None) => return json_error(StatusCode::UNAUTHORIZED, "access token reset not authorized"),
+        (Some(_), None) => {
+            return json_error(
+                StatusCode::UNAUTHORIZED,
+                "access token reset not authorized",
+            );
+        }
         _ => {}
     }
     if let Some(user) = init.default_user.as_deref().filter(|u| !u.is_empty())
         && crate::users::lookup(user).is_none()
     {
-        return json_error(StatusCode::BAD_REQUEST, format!("invalid default user: '{user}'"));
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid default user: '{user}'"),
+        );
     }
     state.set_token(init.access_token.clone().filter(|t| !t.is_empty()));
     let n_envs = init.env_vars.as_ref().map(HashMap::len).unwrap_or(0);
@@ -319,7 +399,11 @@ async fn init(state: &Arc<AppState>, req: Request<Incoming>) -> Response<BoxBody
             d.workdir = Some(w.into());
         }
     });
-    tracing::info!(env_vars = n_envs, token_set = state.token().is_some(), "init applied");
+    tracing::info!(
+        env_vars = n_envs,
+        token_set = state.token().is_some(),
+        "init applied"
+    );
     no_content()
 }
 
@@ -332,7 +416,8 @@ fn no_content() -> Response<BoxBody> {
 }
 
 fn rpc_user(state: &AppState, req: &Request<Incoming>) -> Result<crate::users::User, RpcError> {
-    let name = crate::users::basic_auth_user(req.headers().get(header::AUTHORIZATION)).map_err(RpcError::unauthenticated)?;
+    let name = crate::users::basic_auth_user(req.headers().get(header::AUTHORIZATION))
+        .map_err(RpcError::unauthenticated)?;
     state.rpc_user(name.as_deref())
 }
 
@@ -345,24 +430,35 @@ async fn rpc(state: &Arc<AppState>, req: Request<Incoming>) -> Response<BoxBody>
     let (service, method) = (service.to_string(), method.to_string());
     let streaming = matches!(
         (service.as_str(), method.as_str()),
-        ("process.Process", "Start" | "Connect" | "StreamInput") | ("filesystem.Filesystem", "WatchDir")
+        ("process.Process", "Start" | "Connect" | "StreamInput")
+            | ("filesystem.Filesystem", "WatchDir")
     );
     let known_service = service == "process.Process" || service == "filesystem.Filesystem";
     if !known_service {
-        let mut r = connect::unary_error(&RpcError::new(Code::Unimplemented, format!("{path} is not implemented")));
+        let mut r = connect::unary_error(&RpcError::new(
+            Code::Unimplemented,
+            format!("{path} is not implemented"),
+        ));
         *r.status_mut() = StatusCode::NOT_FOUND;
         return r;
     }
     if req.method() != Method::POST {
-        let mut r = json_error(StatusCode::METHOD_NOT_ALLOWED, "Connect RPCs are called with POST");
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        let mut r = json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Connect RPCs are called with POST",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return r;
     }
     let framing = match connect::request_framing(req.headers()) {
         Ok(f) => f,
         Err((status, msg)) => {
             let mut r = json_error(status, msg);
-            r.headers_mut().insert("accept-post", HeaderValue::from_static("application/json, application/connect+json"));
+            r.headers_mut().insert(
+                "accept-post",
+                HeaderValue::from_static("application/json, application/connect+json"),
+            );
             return r;
         }
     };
@@ -414,7 +510,10 @@ async fn rpc(state: &Arc<AppState>, req: Request<Incoming>) -> Response<BoxBody>
     let result = match timeout {
         Some(t) => match tokio::time::timeout(t, call).await {
             Ok(r) => r,
-            Err(_) => Err(RpcError::new(Code::DeadlineExceeded, "the operation timed out (connect-timeout-ms)")),
+            Err(_) => Err(RpcError::new(
+                Code::DeadlineExceeded,
+                "the operation timed out (connect-timeout-ms)",
+            )),
         },
         None => call.await,
     };
@@ -431,9 +530,15 @@ mod tests {
     #[test]
     fn rfc3339_parsing() {
         assert_eq!(parse_rfc3339_nanos("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339_nanos("1970-01-01T00:00:01.5Z"), Some(1_500_000_000));
+        assert_eq!(
+            parse_rfc3339_nanos("1970-01-01T00:00:01.5Z"),
+            Some(1_500_000_000)
+        );
         assert_eq!(parse_rfc3339_nanos("1970-01-01T01:00:00+01:00"), Some(0));
-        assert_eq!(parse_rfc3339_nanos("2026-11-22T08:07:50Z"), Some(1_795_334_870 * 1_000_000_000));
+        assert_eq!(
+            parse_rfc3339_nanos("2026-11-22T08:07:50Z"),
+            Some(1_795_334_870 * 1_000_000_000)
+        );
         assert_eq!(parse_rfc3339_nanos("yesterday"), None);
         assert_eq!(parse_rfc3339_nanos("2026-11-22T08:07:50"), None);
     }
@@ -441,7 +546,10 @@ mod tests {
     #[test]
     fn route_labels_are_bounded() {
         assert_eq!(route_label(&Method::GET, "/health"), "GET /health");
-        assert_eq!(route_label(&Method::POST, "/process.Process/Start"), "/process.Process/Start");
+        assert_eq!(
+            route_label(&Method::POST, "/process.Process/Start"),
+            "/process.Process/Start"
+        );
         assert_eq!(route_label(&Method::GET, "/random/123"), "other");
     }
 }

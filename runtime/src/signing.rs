@@ -10,13 +10,22 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// `"v1_" + base64_std_nopad(sha256("<path>:<op>:<user>:<token>[:<expiration>]"))`.
-pub fn signature(path: &str, operation: &str, username: &str, token: &str, expiration: Option<i64>) -> String {
+pub fn signature(
+    path: &str,
+    operation: &str,
+    username: &str,
+    token: &str,
+    expiration: Option<i64>,
+) -> String {
     let raw = match expiration {
         None => format!("{path}:{operation}:{username}:{token}"),
         Some(e) => format!("{path}:{operation}:{username}:{token}:{e}"),
     };
     let digest = Sha256::digest(raw.as_bytes());
-    format!("v1_{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest))
+    format!(
+        "v1_{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
+    )
 }
 
 /// Why a `/files` request was refused (every case is a 401 with this message).
@@ -47,9 +56,15 @@ pub fn validate(
 ) -> Result<(), SigningError> {
     let Some(token) = token else { return Ok(()) };
     if let Some(h) = header_token.filter(|h| !h.is_empty()) {
-        return if constant_time_eq(h.as_bytes(), token.as_bytes()) { Ok(()) } else { Err(SigningError::HeaderMismatch) };
+        return if constant_time_eq(h.as_bytes(), token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(SigningError::HeaderMismatch)
+        };
     }
-    let Some(sig) = signature_param else { return Err(SigningError::Missing) };
+    let Some(sig) = signature_param else {
+        return Err(SigningError::Missing);
+    };
     let expected = signature(path, operation, username.unwrap_or(""), token, expiration);
     if !constant_time_eq(expected.as_bytes(), sig.as_bytes()) {
         return Err(SigningError::Invalid);
@@ -76,14 +91,77 @@ mod tests {
     #[test]
     fn validation_rules() {
         let ok = signature("p", "read", "", "t", Some(100));
-        assert_eq!(validate(None, None, None, None, None, "p", "read", 0), Ok(()));
-        assert_eq!(validate(Some("t"), Some("t"), None, None, None, "p", "read", 0), Ok(()));
-        assert_eq!(validate(Some("t"), Some("x"), Some(&ok), Some(100), None, "p", "read", 0), Err(SigningError::HeaderMismatch));
-        assert_eq!(validate(Some("t"), None, None, None, None, "p", "read", 0), Err(SigningError::Missing));
-        assert_eq!(validate(Some("t"), None, Some(&ok), Some(100), None, "p", "read", 50), Ok(()));
-        assert_eq!(validate(Some("t"), None, Some(&ok), Some(100), None, "p", "read", 101), Err(SigningError::Expired));
-        assert_eq!(validate(Some("t"), None, Some(&ok), Some(100), None, "p", "write", 50), Err(SigningError::Invalid));
-        assert_eq!(validate(Some("t"), None, Some(&ok), Some(100), Some("root"), "p", "read", 50), Err(SigningError::Invalid));
-        assert_eq!(SigningError::Expired.to_string(), "signature is already expired");
+        assert_eq!(
+            validate(None, None, None, None, None, "p", "read", 0),
+            Ok(())
+        );
+        assert_eq!(
+            validate(Some("t"), Some("t"), None, None, None, "p", "read", 0),
+            Ok(())
+        );
+        assert_eq!(
+            validate(
+                Some("t"),
+                Some("x"),
+                Some(&ok),
+                Some(100),
+                None,
+                "p",
+                "read",
+                0
+            ),
+            Err(SigningError::HeaderMismatch)
+        );
+        assert_eq!(
+            validate(Some("t"), None, None, None, None, "p", "read", 0),
+            Err(SigningError::Missing)
+        );
+        assert_eq!(
+            validate(Some("t"), None, Some(&ok), Some(100), None, "p", "read", 50),
+            Ok(())
+        );
+        assert_eq!(
+            validate(
+                Some("t"),
+                None,
+                Some(&ok),
+                Some(100),
+                None,
+                "p",
+                "read",
+                101
+            ),
+            Err(SigningError::Expired)
+        );
+        assert_eq!(
+            validate(
+                Some("t"),
+                None,
+                Some(&ok),
+                Some(100),
+                None,
+                "p",
+                "write",
+                50
+            ),
+            Err(SigningError::Invalid)
+        );
+        assert_eq!(
+            validate(
+                Some("t"),
+                None,
+                Some(&ok),
+                Some(100),
+                Some("root"),
+                "p",
+                "read",
+                50
+            ),
+            Err(SigningError::Invalid)
+        );
+        assert_eq!(
+            SigningError::Expired.to_string(),
+            "signature is already expired"
+        );
     }
 }

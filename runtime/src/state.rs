@@ -57,7 +57,11 @@ impl AppState {
             envs.insert(k, v);
         }
         Ok(Arc::new(AppState {
-            defaults: RwLock::new(Defaults { user, workdir: config.default_workdir.clone(), envs }),
+            defaults: RwLock::new(Defaults {
+                user,
+                workdir: config.default_workdir.clone(),
+                envs,
+            }),
             token: RwLock::new(config.access_token.clone().filter(|t| !t.is_empty())),
             last_init: Mutex::new(None),
             init_lock: tokio::sync::Mutex::new(()),
@@ -69,7 +73,10 @@ impl AppState {
     }
 
     pub fn defaults(&self) -> Defaults {
-        self.defaults.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.defaults
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn update_defaults(&self, f: impl FnOnce(&mut Defaults)) {
@@ -88,19 +95,22 @@ impl AppState {
     pub fn token_allows(&self, header: Option<&str>) -> bool {
         match self.token() {
             None => true,
-            Some(t) => header.is_some_and(|h| crate::signing::constant_time_eq(h.as_bytes(), t.as_bytes())),
+            Some(t) => {
+                header.is_some_and(|h| crate::signing::constant_time_eq(h.as_bytes(), t.as_bytes()))
+            }
         }
     }
 
     /// The user an RPC runs as: the one named in Basic auth, or the default user.
     pub fn rpc_user(&self, requested: Option<&str>) -> Result<User, RpcError> {
         match requested {
-            Some(name) => {
-                users::lookup(name).ok_or_else(|| RpcError::unauthenticated(format!("invalid username: '{name}'")))
-            }
+            Some(name) => users::lookup(name)
+                .ok_or_else(|| RpcError::unauthenticated(format!("invalid username: '{name}'"))),
             None => {
                 let name = self.defaults().user;
-                users::lookup(&name).ok_or_else(|| RpcError::unauthenticated(format!("invalid default user: '{name}'")))
+                users::lookup(&name).ok_or_else(|| {
+                    RpcError::unauthenticated(format!("invalid default user: '{name}'"))
+                })
             }
         }
     }

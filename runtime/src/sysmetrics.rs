@@ -8,7 +8,11 @@ use serde_json::{Value, json};
 /// Aggregate CPU counters from `/proc/stat` (busy, total) in clock ticks.
 pub fn parse_proc_stat(text: &str) -> Option<(u64, u64)> {
     let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     if v.len() < 4 {
         return None;
     }
@@ -68,7 +72,9 @@ impl CpuSampler {
 }
 
 fn disk(path: &str) -> (u64, u64) {
-    let Ok(c) = std::ffi::CString::new(path) else { return (0, 0) };
+    let Ok(c) = std::ffi::CString::new(path) else {
+        return (0, 0);
+    };
     // SAFETY: statvfs is plain old data; the path is NUL-terminated.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: pointers are valid for the call.
@@ -83,13 +89,21 @@ fn disk(path: &str) -> (u64, u64) {
 
 /// The metrics document.
 pub async fn snapshot(cpu: &CpuSampler) -> Value {
-    let cpu_count = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpu_count = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let cpu_used_pct = cpu.percent().await;
-    let (mem_total, mem_avail, mem_cache) =
-        std::fs::read_to_string("/proc/meminfo").ok().as_deref().and_then(parse_meminfo).unwrap_or((0, 0, 0));
+    let (mem_total, mem_avail, mem_cache) = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .as_deref()
+        .and_then(parse_meminfo)
+        .unwrap_or((0, 0, 0));
     let mem_used = mem_total.saturating_sub(mem_avail);
     let (disk_used, disk_total) = disk("/");
-    let ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     json!({
         "ts": ts,
         "cpu_count": cpu_count,
@@ -119,7 +133,18 @@ mod tests {
     #[tokio::test]
     async fn snapshot_has_every_field() {
         let v = snapshot(&CpuSampler::default()).await;
-        for k in ["ts", "cpu_count", "cpu_used_pct", "mem_total", "mem_used", "mem_cache", "mem_total_mib", "mem_used_mib", "disk_used", "disk_total"] {
+        for k in [
+            "ts",
+            "cpu_count",
+            "cpu_used_pct",
+            "mem_total",
+            "mem_used",
+            "mem_cache",
+            "mem_total_mib",
+            "mem_used_mib",
+            "disk_used",
+            "disk_total",
+        ] {
             assert!(v.get(k).is_some(), "{k} missing");
         }
         assert!(v["mem_total"].as_u64().unwrap() > 0);

@@ -37,8 +37,20 @@ fn getpw(by: Result<&CStr, u32>) -> Option<Passwd> {
         // SAFETY: every pointer refers to live, correctly sized storage for the call's duration.
         let rc = unsafe {
             match by {
-                Ok(name) => libc::getpwnam_r(name.as_ptr(), &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result),
-                Err(uid) => libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result),
+                Ok(name) => libc::getpwnam_r(
+                    name.as_ptr(),
+                    &mut pwd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut result,
+                ),
+                Err(uid) => libc::getpwuid_r(
+                    uid,
+                    &mut pwd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut result,
+                ),
             }
         };
         if rc == libc::ERANGE && buf.len() < (1 << 20) {
@@ -55,18 +67,26 @@ fn getpw(by: Result<&CStr, u32>) -> Option<Passwd> {
                 PathBuf::from(CStr::from_ptr(pwd.pw_dir).to_string_lossy().into_owned()),
             )
         };
-        return Some(Passwd { name, uid: pwd.pw_uid, gid: pwd.pw_gid, home });
+        return Some(Passwd {
+            name,
+            uid: pwd.pw_uid,
+            gid: pwd.pw_gid,
+            home,
+        });
     }
 }
 
 fn group_list(name: &str, gid: u32) -> Vec<u32> {
-    let Ok(cname) = CString::new(name) else { return vec![gid] };
+    let Ok(cname) = CString::new(name) else {
+        return vec![gid];
+    };
     let mut n: libc::c_int = 64;
     loop {
         let mut groups = vec![0 as libc::gid_t; n as usize];
         let mut count = n;
         // SAFETY: `groups` has room for `count` entries; getgrouplist updates `count`.
-        let rc = unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut count) };
+        let rc =
+            unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut count) };
         if rc >= 0 {
             groups.truncate(count.max(0) as usize);
             if !groups.contains(&gid) {
@@ -94,7 +114,9 @@ pub fn egid() -> u32 {
 }
 
 fn env_home() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(PathBuf::from).filter(|p| p.is_absolute())
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
 }
 
 /// The account the daemon runs as.
@@ -131,14 +153,28 @@ pub fn lookup(name: &str) -> Option<User> {
     let p = getpw(Ok(&cname))?;
     if p.uid == me.uid {
         // Another name for the daemon's own uid: same home rule.
-        return Some(User { name: p.name, uid: p.uid, gid: p.gid, home: me.home, groups: me.groups });
+        return Some(User {
+            name: p.name,
+            uid: p.uid,
+            gid: p.gid,
+            home: me.home,
+            groups: me.groups,
+        });
     }
-    Some(User { groups: group_list(&p.name, p.gid), name: p.name, uid: p.uid, gid: p.gid, home: p.home })
+    Some(User {
+        groups: group_list(&p.name, p.gid),
+        name: p.name,
+        uid: p.uid,
+        gid: p.gid,
+        home: p.home,
+    })
 }
 
 /// Name of a uid, or the number as text.
 pub fn user_name(uid: u32) -> String {
-    getpw(Err(uid)).map(|p| p.name).unwrap_or_else(|| uid.to_string())
+    getpw(Err(uid))
+        .map(|p| p.name)
+        .unwrap_or_else(|| uid.to_string())
 }
 
 /// Name of a gid, or the number as text.
@@ -149,7 +185,15 @@ pub fn group_name(gid: u32) -> String {
         let mut grp: libc::group = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::group = std::ptr::null_mut();
         // SAFETY: pointers refer to live storage of the given sizes.
-        let rc = unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr().cast(), buf.len(), &mut result) };
+        let rc = unsafe {
+            libc::getgrgid_r(
+                gid,
+                &mut grp,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
         if rc == libc::ERANGE && buf.len() < (1 << 20) {
             buf.resize(buf.len() * 2, 0);
             continue;
@@ -158,7 +202,9 @@ pub fn group_name(gid: u32) -> String {
             return gid.to_string();
         }
         // SAFETY: on success gr_name points into `buf`.
-        return unsafe { CStr::from_ptr(grp.gr_name) }.to_string_lossy().into_owned();
+        return unsafe { CStr::from_ptr(grp.gr_name) }
+            .to_string_lossy()
+            .into_owned();
     }
 }
 
@@ -171,10 +217,16 @@ pub struct NameCache {
 
 impl NameCache {
     pub fn user(&mut self, uid: u32) -> String {
-        self.users.entry(uid).or_insert_with(|| user_name(uid)).clone()
+        self.users
+            .entry(uid)
+            .or_insert_with(|| user_name(uid))
+            .clone()
     }
     pub fn group(&mut self, gid: u32) -> String {
-        self.groups.entry(gid).or_insert_with(|| group_name(gid)).clone()
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| group_name(gid))
+            .clone()
     }
 }
 
@@ -182,7 +234,10 @@ impl NameCache {
 /// `Ok(None)` when the header is absent; an error for a malformed one.
 pub fn basic_auth_user(header: Option<&http::HeaderValue>) -> Result<Option<String>, String> {
     let Some(v) = header else { return Ok(None) };
-    let s = v.to_str().map_err(|_| "invalid Authorization header".to_string())?.trim();
+    let s = v
+        .to_str()
+        .map_err(|_| "invalid Authorization header".to_string())?
+        .trim();
     let Some((scheme, rest)) = s.split_once(' ') else {
         return Err("invalid Authorization header: expected Basic credentials".into());
     };
@@ -190,8 +245,10 @@ pub fn basic_auth_user(header: Option<&http::HeaderValue>) -> Result<Option<Stri
         // Other schemes are not a user selection (e.g. a bearer token meant for a proxy).
         return Ok(None);
     }
-    let raw = crate::proto::decode_b64(rest.trim()).map_err(|e| format!("invalid Basic credentials: {e}"))?;
-    let text = String::from_utf8(raw).map_err(|_| "invalid Basic credentials: not UTF-8".to_string())?;
+    let raw = crate::proto::decode_b64(rest.trim())
+        .map_err(|e| format!("invalid Basic credentials: {e}"))?;
+    let text =
+        String::from_utf8(raw).map_err(|_| "invalid Basic credentials: not UTF-8".to_string())?;
     let user = text.split_once(':').map(|(u, _)| u).unwrap_or(&text);
     Ok(Some(user.to_string()))
 }

@@ -122,21 +122,37 @@ impl DirWatch {
     }
 
     fn add(&self, rel: &Path) -> io::Result<()> {
-        let abs = if rel.as_os_str().is_empty() { self.root.clone() } else { self.root.join(rel) };
-        let c = CString::new(abs.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let abs = if rel.as_os_str().is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        };
+        let c = CString::new(abs.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         // SAFETY: valid descriptor and NUL-terminated path.
-        let wd = unsafe { libc::inotify_add_watch(self.fd.get_ref().as_raw_fd(), c.as_ptr(), MASK | libc::IN_ONLYDIR) };
+        let wd = unsafe {
+            libc::inotify_add_watch(
+                self.fd.get_ref().as_raw_fd(),
+                c.as_ptr(),
+                MASK | libc::IN_ONLYDIR,
+            )
+        };
         if wd < 0 {
             return Err(io::Error::last_os_error());
         }
-        self.wds.lock().unwrap_or_else(|e| e.into_inner()).insert(wd, rel.to_path_buf());
+        self.wds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(wd, rel.to_path_buf());
         Ok(())
     }
 
     /// Adds watches for every directory below `rel` (not following symlinks).
     fn add_tree(&self, rel: &Path) {
         let abs = self.root.join(rel);
-        let Ok(rd) = std::fs::read_dir(&abs) else { return };
+        let Ok(rd) = std::fs::read_dir(&abs) else {
+            return;
+        };
         for e in rd.flatten() {
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 let child = rel.join(e.file_name());
@@ -154,7 +170,13 @@ impl DirWatch {
         let mut names = NameCache::default();
         loop {
             // SAFETY: buf is writable for its length.
-            let n = unsafe { libc::read(self.fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            let n = unsafe {
+                libc::read(
+                    self.fd.get_ref().as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                )
+            };
             if n <= 0 {
                 break;
             }
@@ -186,7 +208,11 @@ impl DirWatch {
             // A subdirectory's own deletion is already reported by its parent.
             return;
         }
-        let rel = if ev.name.is_empty() { dir.clone() } else { dir.join(std::ffi::OsStr::from_bytes(&ev.name)) };
+        let rel = if ev.name.is_empty() {
+            dir.clone()
+        } else {
+            dir.join(std::ffi::OsStr::from_bytes(&ev.name))
+        };
         let abs = self.root.join(&rel);
         if self.recursive
             && ev.mask & libc::IN_ISDIR != 0
@@ -195,10 +221,22 @@ impl DirWatch {
         {
             self.add_tree(&rel);
         }
-        let name = if rel.as_os_str().is_empty() { ".".to_string() } else { rel.display().to_string() };
+        let name = if rel.as_os_str().is_empty() {
+            ".".to_string()
+        } else {
+            rel.display().to_string()
+        };
         for t in event_types(ev.mask) {
-            let entry = if self.include_entry { crate::filesystem::entry_info(&abs, &abs, names).ok() } else { None };
-            out.push(FilesystemEvent { name: name.clone(), event_type: t, entry });
+            let entry = if self.include_entry {
+                crate::filesystem::entry_info(&abs, &abs, names).ok()
+            } else {
+                None
+            };
+            out.push(FilesystemEvent {
+                name: name.clone(),
+                event_type: t,
+                entry,
+            });
         }
     }
 
@@ -210,9 +248,17 @@ impl DirWatch {
     }
 }
 
-fn check_watch_path(state: &AppState, user: &User, req: &WatchRequest) -> Result<PathBuf, RpcError> {
-    let path = crate::paths::expand_and_resolve(&req.path, &user.home, state.defaults().workdir.as_deref())
-        .map_err(|e| RpcError::invalid_argument(e.to_string()))?;
+fn check_watch_path(
+    state: &AppState,
+    user: &User,
+    req: &WatchRequest,
+) -> Result<PathBuf, RpcError> {
+    let path = crate::paths::expand_and_resolve(
+        &req.path,
+        &user.home,
+        state.defaults().workdir.as_deref(),
+    )
+    .map_err(|e| RpcError::invalid_argument(e.to_string()))?;
     let md = std::fs::metadata(&path).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             RpcError::not_found(format!("path {} not found: {e}", path.display()))
@@ -221,36 +267,58 @@ fn check_watch_path(state: &AppState, user: &User, req: &WatchRequest) -> Result
         }
     })?;
     if !md.is_dir() {
-        return Err(RpcError::invalid_argument(format!("path {} not a directory", path.display())));
+        return Err(RpcError::invalid_argument(format!(
+            "path {} not a directory",
+            path.display()
+        )));
     }
     let network = crate::filesystem::is_network_mount(&path)
         .map_err(|e| RpcError::internal(format!("error checking mount status: {e}")))?;
     if network && !req.allow_network_mounts {
-        return Err(RpcError::invalid_argument(format!("cannot watch path on network filesystem: {}", path.display())));
+        return Err(RpcError::invalid_argument(format!(
+            "cannot watch path on network filesystem: {}",
+            path.display()
+        )));
     }
     Ok(path)
 }
 
 fn new_watch(path: &Path, req: &WatchRequest) -> Result<DirWatch, RpcError> {
     DirWatch::new(path, req.recursive, req.include_entry).map_err(|e| {
-        let code = if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EMFILE) {
-            Code::ResourceExhausted
-        } else {
-            Code::Internal
-        };
-        RpcError::new(code, format!("error adding path {} to watcher: {e}", path.display()))
+        let code =
+            if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EMFILE) {
+                Code::ResourceExhausted
+            } else {
+                Code::Internal
+            };
+        RpcError::new(
+            code,
+            format!("error adding path {} to watcher: {e}", path.display()),
+        )
     })
 }
 
 /// `WatchDir` (server stream): `start`, then one message per event, keepalives when idle.
-pub fn watch_dir_rpc(state: &Arc<AppState>, user: Result<User, RpcError>, headers: &HeaderMap, body: &[u8]) -> Response<BoxBody> {
+pub fn watch_dir_rpc(
+    state: &Arc<AppState>,
+    user: Result<User, RpcError>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response<BoxBody> {
     let result = (|| {
         let timeout = connect::parse_timeout(headers)?;
         let mut dec = connect::EnvelopeDecoder::default();
         dec.push(body);
-        let env = dec.next_envelope()?.ok_or_else(|| RpcError::invalid_argument("protocol error: request body holds no message"))?;
-        let payload = if env.flags & connect::FLAG_COMPRESSED != 0 { connect::gunzip(&env.payload)? } else { env.payload };
-        let req = WatchRequest::parse(&payload).map_err(|e| RpcError::invalid_argument(format!("invalid request message: {e}")))?;
+        let env = dec.next_envelope()?.ok_or_else(|| {
+            RpcError::invalid_argument("protocol error: request body holds no message")
+        })?;
+        let payload = if env.flags & connect::FLAG_COMPRESSED != 0 {
+            connect::gunzip(&env.payload)?
+        } else {
+            env.payload
+        };
+        let req = WatchRequest::parse(&payload)
+            .map_err(|e| RpcError::invalid_argument(format!("invalid request message: {e}")))?;
         let user = user?;
         let path = check_watch_path(state, &user, &req)?;
         Ok::<_, RpcError>((new_watch(&path, &req)?, timeout))
@@ -343,13 +411,20 @@ pub struct Registry {
 fn watcher_id() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    let id: String = (0..20).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+    let id: String = (0..20)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
     format!("w{id}")
 }
 
 /// `CreateWatcher`.
-pub fn create_watcher(state: &Arc<AppState>, user: User, payload: &[u8]) -> Result<Value, RpcError> {
-    let req = WatchRequest::parse(payload).map_err(|e| RpcError::invalid_argument(format!("invalid request message: {e}")))?;
+pub fn create_watcher(
+    state: &Arc<AppState>,
+    user: User,
+    payload: &[u8],
+) -> Result<Value, RpcError> {
+    let req = WatchRequest::parse(payload)
+        .map_err(|e| RpcError::invalid_argument(format!("invalid request message: {e}")))?;
     let path = check_watch_path(state, &user, &req)?;
     let watch = Arc::new(new_watch(&path, &req)?);
     let events = Arc::new(Mutex::new(Vec::new()));
@@ -363,8 +438,18 @@ pub fn create_watcher(state: &Arc<AppState>, user: User, payload: &[u8]) -> Resu
         }
     });
     let id = watcher_id();
-    let polling = Arc::new(Polling { watch, events, task, _gauge: GaugeGuard::new(&state.metrics.watchers) });
-    state.watchers.watchers.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), polling);
+    let polling = Arc::new(Polling {
+        watch,
+        events,
+        task,
+        _gauge: GaugeGuard::new(&state.metrics.watchers),
+    });
+    state
+        .watchers
+        .watchers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.clone(), polling);
     tracing::debug!(watcher = %id, path = %path.display(), recursive = req.recursive, "watcher created");
     Ok(json!({ "watcherId": id }))
 }
@@ -392,10 +477,18 @@ pub fn get_events(state: &Arc<AppState>, payload: &[u8]) -> Result<Value, RpcErr
 /// `RemoveWatcher`.
 pub fn remove_watcher(state: &Arc<AppState>, payload: &[u8]) -> Result<Value, RpcError> {
     let req: WatcherIdRequest = connect::decode(payload)?;
-    let removed = state.watchers.watchers.lock().unwrap_or_else(|e| e.into_inner()).remove(&req.watcher_id);
+    let removed = state
+        .watchers
+        .watchers
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&req.watcher_id);
     match removed {
         Some(_) => Ok(json!({})),
-        None => Err(RpcError::not_found(format!("watcher with id {} not found", req.watcher_id))),
+        None => Err(RpcError::not_found(format!(
+            "watcher with id {} not found",
+            req.watcher_id
+        ))),
     }
 }
 
@@ -410,13 +503,19 @@ mod tests {
         assert_eq!(event_types(libc::IN_MOVED_FROM), vec![EventType::Rename]);
         assert_eq!(event_types(libc::IN_ATTRIB), vec![EventType::Chmod]);
         assert_eq!(event_types(libc::IN_MODIFY), vec![EventType::Write]);
-        assert_eq!(event_types(libc::IN_DELETE | libc::IN_ISDIR), vec![EventType::Remove]);
+        assert_eq!(
+            event_types(libc::IN_DELETE | libc::IN_ISDIR),
+            vec![EventType::Remove]
+        );
     }
 
     #[test]
     fn parses_raw_records() {
         let mut buf = Vec::new();
-        for (wd, mask, name) in [(1i32, libc::IN_CREATE, &b"a.txt"[..]), (2, libc::IN_MODIFY, &b""[..])] {
+        for (wd, mask, name) in [
+            (1i32, libc::IN_CREATE, &b"a.txt"[..]),
+            (2, libc::IN_MODIFY, &b""[..]),
+        ] {
             let padded = if name.is_empty() { 0 } else { 16 };
             buf.extend_from_slice(&wd.to_ne_bytes());
             buf.extend_from_slice(&mask.to_ne_bytes());
@@ -427,10 +526,21 @@ mod tests {
             buf.extend_from_slice(&n);
         }
         let evs = parse_events(&buf);
-        assert_eq!(evs, vec![
-            RawEvent { wd: 1, mask: libc::IN_CREATE, name: b"a.txt".to_vec() },
-            RawEvent { wd: 2, mask: libc::IN_MODIFY, name: vec![] }
-        ]);
+        assert_eq!(
+            evs,
+            vec![
+                RawEvent {
+                    wd: 1,
+                    mask: libc::IN_CREATE,
+                    name: b"a.txt".to_vec()
+                },
+                RawEvent {
+                    wd: 2,
+                    mask: libc::IN_MODIFY,
+                    name: vec![]
+                }
+            ]
+        );
     }
 
     #[tokio::test]
@@ -443,8 +553,17 @@ mod tests {
         assert_eq!(first[0].event_type, EventType::Create);
         std::fs::write(dir.path().join("sub/f.txt"), "x").unwrap();
         let evs = w.drain();
-        let kinds: Vec<_> = evs.iter().map(|e| (e.name.as_str(), e.event_type)).collect();
-        assert!(kinds.contains(&("sub/f.txt", EventType::Create)), "{kinds:?}");
-        assert!(kinds.contains(&("sub/f.txt", EventType::Write)), "{kinds:?}");
+        let kinds: Vec<_> = evs
+            .iter()
+            .map(|e| (e.name.as_str(), e.event_type))
+            .collect();
+        assert!(
+            kinds.contains(&("sub/f.txt", EventType::Create)),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.contains(&("sub/f.txt", EventType::Write)),
+            "{kinds:?}"
+        );
     }
 }

@@ -18,7 +18,8 @@ pub const MAX_KEY_BYTES: usize = 255 - PREFIX.len();
 pub const MAX_TOTAL_BYTES: usize = 4096;
 
 fn cpath(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
 }
 
 fn unsupported(e: &io::Error) -> bool {
@@ -48,11 +49,19 @@ fn list(path: &CString) -> io::Result<Vec<String>> {
 }
 
 fn get(path: &CString, name: &str) -> io::Result<Option<Vec<u8>>> {
-    let cname = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad name"))?;
+    let cname =
+        CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad name"))?;
     let mut buf = vec![0u8; 4096];
     loop {
         // SAFETY: buf is valid for buf.len() bytes; names are NUL-terminated.
-        let n = unsafe { libc::getxattr(path.as_ptr(), cname.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let n = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                cname.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
         if n >= 0 {
             buf.truncate(n as usize);
             return Ok(Some(buf));
@@ -92,7 +101,8 @@ pub fn replace(path: &Path, metadata: &BTreeMap<String, String>) -> io::Result<(
     for name in existing.iter().filter(|n| n.starts_with(PREFIX)) {
         let key = &name[PREFIX.len()..];
         if !metadata.contains_key(key) {
-            let cname = CString::new(name.as_str()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad name"))?;
+            let cname = CString::new(name.as_str())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad name"))?;
             // SAFETY: both strings are NUL-terminated.
             if unsafe { libc::removexattr(c.as_ptr(), cname.as_ptr()) } != 0 {
                 let e = io::Error::last_os_error();
@@ -103,9 +113,11 @@ pub fn replace(path: &Path, metadata: &BTreeMap<String, String>) -> io::Result<(
         }
     }
     for (k, v) in metadata {
-        let cname = CString::new(format!("{PREFIX}{k}")).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad key"))?;
+        let cname = CString::new(format!("{PREFIX}{k}"))
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad key"))?;
         // SAFETY: value pointer/length describe a live slice.
-        if unsafe { libc::setxattr(c.as_ptr(), cname.as_ptr(), v.as_ptr().cast(), v.len(), 0) } != 0 {
+        if unsafe { libc::setxattr(c.as_ptr(), cname.as_ptr(), v.as_ptr().cast(), v.len(), 0) } != 0
+        {
             return Err(io::Error::last_os_error());
         }
     }
@@ -122,13 +134,17 @@ pub fn from_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>, Str
     let mut out = BTreeMap::new();
     let mut total = 0usize;
     for (name, value) in headers {
-        let Some(key) = name.as_str().strip_prefix(HEADER_PREFIX) else { continue };
+        let Some(key) = name.as_str().strip_prefix(HEADER_PREFIX) else {
+            continue;
+        };
         let key = key.to_ascii_lowercase();
         if key.is_empty() || !key.bytes().all(is_token_char) {
             return Err(format!("invalid metadata key {key:?}"));
         }
         if key.len() > MAX_KEY_BYTES {
-            return Err(format!("metadata key {key:?} is longer than {MAX_KEY_BYTES} bytes"));
+            return Err(format!(
+                "metadata key {key:?} is longer than {MAX_KEY_BYTES} bytes"
+            ));
         }
         let v = value.as_bytes();
         if !v.iter().all(|b| (0x20..0x7f).contains(b)) {
@@ -136,7 +152,9 @@ pub fn from_headers(headers: &HeaderMap) -> Result<BTreeMap<String, String>, Str
         }
         total += key.len() + v.len();
         if total > MAX_TOTAL_BYTES {
-            return Err(format!("metadata is larger than {MAX_TOTAL_BYTES} bytes in total"));
+            return Err(format!(
+                "metadata is larger than {MAX_TOTAL_BYTES} bytes in total"
+            ));
         }
         out.insert(key, String::from_utf8_lossy(v).into_owned());
     }
@@ -157,7 +175,10 @@ mod tests {
         assert_eq!(m.len(), 2);
         assert_eq!(m["author"], "me");
         let mut bad = HeaderMap::new();
-        bad.insert("x-metadata-k", http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
+        bad.insert(
+            "x-metadata-k",
+            http::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        );
         assert!(from_headers(&bad).is_err());
         let mut big = HeaderMap::new();
         big.insert("x-metadata-k", "x".repeat(5000).parse().unwrap());

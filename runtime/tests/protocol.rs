@@ -1,0 +1,593 @@
+//! Wire-level tests of the real `agent-runtime` binary: Connect framing over HTTP/1.1 (chunked
+//! request and response bodies) and h2c, unary and stream errors, keepalives, timeouts, client
+//! streams, disconnects, the access token, gzip requests, CORS and graceful shutdown.
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Request, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use test_support::{ChildGuard, free_port};
+use tokio::sync::mpsc;
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+struct Daemon {
+    guard: ChildGuard,
+    addr: SocketAddr,
+    home: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn start(extra: &[&str]) -> Daemon {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let home = tempfile::Builder::new()
+            .prefix("rt-proto-home-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let me = agent_runtime::users::current_user().name;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent-runtime"));
+        cmd.args([
+            "--listen",
+            &addr.to_string(),
+            "--default-user",
+            &me,
+            "--default-workdir",
+        ])
+        .arg(&home)
+        .args(extra)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &home)
+        .env("AGENT_RUNTIME_LOG", "debug");
+        let mut guard = ChildGuard::spawn("agent-runtime", cmd);
+        guard.wait_for_tcp(addr, Duration::from_secs(10));
+        Daemon { guard, addr, home }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+fn h1() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+fn h2c() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed_unsync()
+}
+
+/// A request body fed chunk by chunk (sent with `Transfer-Encoding: chunked` over HTTP/1.1).
+fn channel_body() -> (mpsc::Sender<Bytes>, Body) {
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
+    });
+    (tx, StreamBody::new(stream).boxed_unsync())
+}
+
+fn envelope(flags: u8, msg: &Value) -> Bytes {
+    let payload = serde_json::to_vec(msg).unwrap();
+    let mut b = BytesMut::new();
+    b.extend_from_slice(&[flags]);
+    b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    b.extend_from_slice(&payload);
+    b.freeze()
+}
+
+fn unary(url: &str, msg: &Value) -> Request<Body> {
+    Request::post(url)
+        .header("content-type", "application/json")
+        .header("connect-protocol-version", "1")
+        .body(full(serde_json::to_vec(msg).unwrap()))
+        .unwrap()
+}
+
+fn stream_req(url: &str) -> http::request::Builder {
+    Request::post(url)
+        .header("content-type", "application/connect+json")
+        .header("connect-protocol-version", "1")
+}
+
+/// Reads envelopes from a streaming response until the end-stream envelope.
+struct Envelopes {
+    body: Incoming,
+    buf: BytesMut,
+}
+
+impl Envelopes {
+    fn new(body: Incoming) -> Self {
+        Envelopes {
+            body,
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn next(&mut self) -> Option<(u8, Value)> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if self.buf.len() >= 5 + len {
+                    let flags = self.buf[0];
+                    self.buf.advance(5);
+                    let payload = self.buf.split_to(len);
+                    return Some((
+                        flags,
+                        serde_json::from_slice(&payload).expect("envelope payload is JSON"),
+                    ));
+                }
+            }
+            match self.body.frame().await {
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        self.buf.extend_from_slice(&d);
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    async fn all(mut self) -> Vec<(u8, Value)> {
+        let mut v = Vec::new();
+        while let Some(e) = self.next().await {
+            let end = e.0 & 2 != 0;
+            v.push(e);
+            if end {
+                break;
+            }
+        }
+        v
+    }
+}
+
+fn start_body(cmd: &str) -> Value {
+    json!({"process": {"cmd": "/bin/bash", "args": ["-c", cmd]}, "stdin": false})
+}
+
+async fn body_json(resp: http::Response<Incoming>) -> Value {
+    let b = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&b)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&b)))
+}
+
+fn stdout_of(events: &[(u8, Value)]) -> String {
+    let mut out = Vec::new();
+    for (_, e) in events {
+        if let Some(s) = e["event"]["data"]["stdout"].as_str() {
+            out.extend(agent_runtime::proto::decode_b64(s).unwrap());
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+async fn run_start(
+    client: &Client<HttpConnector, Body>,
+    d: &Daemon,
+    cmd: &str,
+    chunked: bool,
+) -> Vec<(u8, Value)> {
+    let env = envelope(0, &start_body(cmd));
+    let body = if chunked {
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            // Split the envelope in two chunks, as pyqwest may.
+            let _ = tx.send(env.slice(..3)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = tx.send(env.slice(3..)).await;
+        });
+        body
+    } else {
+        full(env)
+    };
+    let req = stream_req(&d.url("/process.Process/Start"))
+        .body(body)
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["content-type"], "application/connect+json");
+    Envelopes::new(resp.into_body()).all().await
+}
+
+#[tokio::test]
+async fn start_over_http1_chunked_and_h2c() {
+    let d = Daemon::start(&[]);
+    for (client, chunked) in [(h1(), true), (h1(), false), (h2c(), true)] {
+        let events = run_start(&client, &d, "echo hello; echo oops >&2; exit 4", chunked).await;
+        assert!(
+            events[0].1["event"]["start"]["pid"].as_u64().unwrap() > 0,
+            "{events:?}"
+        );
+        assert_eq!(stdout_of(&events), "hello\n");
+        let end = &events[events.len() - 2].1["event"]["end"];
+        assert_eq!(
+            end,
+            &json!({"exitCode": 4, "exited": true, "status": "exit status 4", "error": "exit status 4"})
+        );
+        assert_eq!(events.last().unwrap(), &(2u8, json!({})));
+        assert!(
+            events
+                .iter()
+                .any(|(_, e)| e["event"]["data"]["stderr"].is_string())
+        );
+    }
+}
+
+#[tokio::test]
+async fn unary_calls_and_errors() {
+    let d = Daemon::start(&[]);
+    for client in [h1(), h2c()] {
+        let resp = client
+            .request(unary(&d.url("/process.Process/List"), &json!({})))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        assert!(body_json(resp).await["processes"].is_array());
+
+        let resp = client
+            .request(unary(
+                &d.url("/filesystem.Filesystem/Stat"),
+                &json!({"path": "/no/such"}),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let v = body_json(resp).await;
+        assert_eq!(v["code"], "not_found");
+        assert!(v["message"].as_str().unwrap().contains("No such file"));
+
+        let resp = client
+            .request(unary(
+                &d.url("/filesystem.Filesystem/MakeDir"),
+                &json!({"path": "/"}),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CONFLICT);
+        assert_eq!(body_json(resp).await["code"], "already_exists");
+
+        let resp = client
+            .request(unary(
+                &d.url("/process.Process/SendSignal"),
+                &json!({"process": {"pid": 1}, "signal": "SIGHUP"}),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(body_json(resp).await["code"], "invalid_argument");
+
+        let resp = client
+            .request(unary(&d.url("/process.Process/Nope"), &json!({})))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_IMPLEMENTED);
+        assert_eq!(body_json(resp).await["code"], "unimplemented");
+
+        let resp = client
+            .request(unary(&d.url("/other.Service/Call"), &json!({})))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
+        let req = Request::post(d.url("/process.Process/List"))
+            .header("content-type", "application/proto")
+            .body(full(""))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+        let req = Request::get(d.url("/process.Process/List"))
+            .body(full(""))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+        let resp = client
+            .request(unary(
+                &d.url("/filesystem.Filesystem/ListDir"),
+                &json!({"path": 5}),
+            ))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(body_json(resp).await["code"], "invalid_argument");
+    }
+}
+
+#[tokio::test]
+async fn stream_errors_are_end_stream_messages_with_http_200() {
+    let d = Daemon::start(&[]);
+    let client = h1();
+    let body = json!({"process": {"cmd": "pwd", "cwd": "/definitely/missing"}});
+    let req = stream_req(&d.url("/process.Process/Start"))
+        .body(full(envelope(0, &body)))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let events = Envelopes::new(resp.into_body()).all().await;
+    assert_eq!(
+        events,
+        vec![(
+            2,
+            json!({"error": {"code": "invalid_argument", "message": "cwd '/definitely/missing' does not exist"}})
+        )]
+    );
+
+    let req = stream_req(&d.url("/process.Process/Connect"))
+        .body(full(envelope(0, &json!({"process": {"pid": 4_000_000}}))))
+        .unwrap();
+    let events = Envelopes::new(client.request(req).await.unwrap().into_body())
+        .all()
+        .await;
+    assert_eq!(events[0].1["error"]["code"], "not_found");
+
+    let req = stream_req(&d.url("/process.Process/Start"))
+        .header("authorization", "Basic bm9ib2R5LXJlYWxseS1ub3QtaGVyZTo=")
+        .body(full(envelope(0, &start_body("true"))))
+        .unwrap();
+    let events = Envelopes::new(client.request(req).await.unwrap().into_body())
+        .all()
+        .await;
+    assert_eq!(
+        events[0].1["error"],
+        json!({"code": "unauthenticated", "message": "invalid username: 'nobody-really-not-here'"})
+    );
+}
+
+#[tokio::test]
+async fn keepalives_while_idle() {
+    let d = Daemon::start(&[]);
+    let req = stream_req(&d.url("/process.Process/Start"))
+        .header("keepalive-ping-interval", "1")
+        .body(full(envelope(0, &start_body("sleep 2.5; echo done"))))
+        .unwrap();
+    let events = Envelopes::new(h1().request(req).await.unwrap().into_body())
+        .all()
+        .await;
+    let keepalives = events
+        .iter()
+        .filter(|(_, e)| e["event"]["keepalive"].is_object())
+        .count();
+    assert!(keepalives >= 2, "{events:?}");
+    assert_eq!(stdout_of(&events), "done\n");
+}
+
+#[tokio::test]
+async fn connect_timeout_bounds_the_process() {
+    let d = Daemon::start(&[]);
+    let client = h1();
+    let started = Instant::now();
+    let req = stream_req(&d.url("/process.Process/Start"))
+        .header("connect-timeout-ms", "500")
+        .body(full(envelope(0, &start_body("sleep 30"))))
+        .unwrap();
+    let events = Envelopes::new(client.request(req).await.unwrap().into_body())
+        .all()
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        events.last().unwrap().1["error"]["code"],
+        "deadline_exceeded",
+        "{events:?}"
+    );
+    let pid = events[0].1["event"]["start"]["pid"].as_u64().unwrap();
+    // The process was killed: it leaves the process list.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = body_json(
+            client
+                .request(unary(&d.url("/process.Process/List"), &json!({})))
+                .await
+                .unwrap(),
+        )
+        .await;
+        let pids: Vec<u64> = v["processes"]
+            .as_array()
+            .map(|a| a.iter().map(|p| p["pid"].as_u64().unwrap()).collect())
+            .unwrap_or_default();
+        if !pids.contains(&pid) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} still running after its timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn client_stream_input_and_disconnect_survival() {
+    let d = Daemon::start(&[]);
+    let client = h1();
+    // Start `cat` with stdin, read only the start event, then drop the stream (disconnect).
+    let body = json!({"process": {"cmd": "cat"}, "stdin": true});
+    let req = stream_req(&d.url("/process.Process/Start"))
+        .body(full(envelope(0, &body)))
+        .unwrap();
+    let mut first = Envelopes::new(client.request(req).await.unwrap().into_body());
+    let pid = first.next().await.unwrap().1["event"]["start"]["pid"]
+        .as_u64()
+        .unwrap();
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Reattach, then stream input in several chunked envelopes.
+    let req = stream_req(&d.url("/process.Process/Connect"))
+        .body(full(envelope(0, &json!({"process": {"pid": pid}}))))
+        .unwrap();
+    let reattached = client.request(req).await.unwrap();
+    let (tx, body) = channel_body();
+    let req = stream_req(&d.url("/process.Process/StreamInput"))
+        .body(body)
+        .unwrap();
+    let input = tokio::spawn(h1().request(req));
+    tx.send(envelope(0, &json!({"start": {"process": {"pid": pid}}})))
+        .await
+        .unwrap();
+    for word in ["one ", "two ", "three\n"] {
+        let b64 = agent_runtime::proto::encode_b64(word.as_bytes());
+        tx.send(envelope(0, &json!({"data": {"input": {"stdin": b64}}})))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    tx.send(envelope(0, &json!({"keepalive": {}})))
+        .await
+        .unwrap();
+    drop(tx);
+    let resp = input.await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        Envelopes::new(resp.into_body()).all().await,
+        vec![(0, json!({})), (2, json!({}))]
+    );
+
+    let resp = client
+        .request(unary(
+            &d.url("/process.Process/CloseStdin"),
+            &json!({"process": {"pid": pid}}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let events = Envelopes::new(reattached.into_body()).all().await;
+    assert_eq!(stdout_of(&events), "one two three\n");
+    assert_eq!(events[events.len() - 2].1["event"]["end"]["exited"], true);
+}
+
+#[tokio::test]
+async fn access_token_and_exemptions() {
+    let d = Daemon::start(&["--access-token", "s3cret"]);
+    let client = h1();
+    let resp = client
+        .request(unary(&d.url("/process.Process/List"), &json!({})))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        body_json(resp).await,
+        json!({"code": 401, "message": "unauthorized access, please provide a valid access token or method signing if supported"})
+    );
+    let mut req = unary(&d.url("/process.Process/List"), &json!({}));
+    req.headers_mut()
+        .insert("x-access-token", "s3cret".parse().unwrap());
+    assert_eq!(client.request(req).await.unwrap().status(), StatusCode::OK);
+    let resp = client
+        .request(Request::get(d.url("/health")).body(full("")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(resp.headers()["x-envd-version"], "0.6.13");
+    let resp = client
+        .request(
+            Request::options(d.url("/process.Process/List"))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "*");
+}
+
+#[tokio::test]
+async fn gzip_compressed_unary_request() {
+    let d = Daemon::start(&[]);
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(
+        serde_json::to_vec(&json!({"path": "/"}))
+            .unwrap()
+            .as_slice(),
+    )
+    .unwrap();
+    let req = Request::post(d.url("/filesystem.Filesystem/Stat"))
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(full(enc.finish().unwrap()))
+        .unwrap();
+    let resp = h1().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        body_json(resp).await["entry"]["type"],
+        "FILE_TYPE_DIRECTORY"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_is_a_clean_exit() {
+    let mut d = Daemon::start(&[]);
+    d.guard.signal("TERM");
+    let status = d
+        .guard
+        .wait_exit(Duration::from_secs(15))
+        .expect("daemon exited after SIGTERM");
+    assert!(
+        status.success(),
+        "exit status {status}; log:\n{}",
+        d.guard.log()
+    );
+    assert!(d.guard.log().contains("agent-runtime stopped"));
+}
+
+#[test]
+fn help_documents_the_contract() {
+    let out = Command::new(env!("CARGO_BIN_EXE_agent-runtime"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--default-user",
+        "--default-workdir",
+        "--log-format",
+        "AGENT_RUNTIME_LISTEN",
+        "0.0.0.0:49983",
+        "0.6.13",
+    ] {
+        assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
+    }
+}
+
+#[test]
+fn unknown_default_user_is_a_startup_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_agent-runtime"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--default-user",
+            "no-such-user-xyz",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such Unix user"));
+}
