@@ -591,3 +591,70 @@ fn unknown_default_user_is_a_startup_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such Unix user"));
 }
+
+/// The node simulator and the manager's local mode may run the daemon as an ordinary user with a
+/// scratch `$HOME`: the default user is then the daemon's own account, its home is `$HOME`, and
+/// asking for another user is a clear `permission_denied`. When the tests run as root, the daemon
+/// is started as `nobody` through `setpriv` to cover that case for real.
+#[tokio::test]
+async fn works_as_a_non_root_user_with_a_scratch_home() {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let home = tempfile::Builder::new()
+        .prefix("rt-nonroot-")
+        .tempdir()
+        .unwrap();
+    let as_root = agent_runtime::users::euid() == 0;
+    let bin = env!("CARGO_BIN_EXE_agent-runtime");
+    let mut cmd = if as_root {
+        std::os::unix::fs::chown(home.path(), Some(65534), None).unwrap();
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin]);
+        c
+    } else {
+        Command::new(bin)
+    };
+    cmd.args(["--listen", &addr.to_string()])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", home.path());
+    let mut guard = ChildGuard::spawn("agent-runtime-nonroot", cmd);
+    guard.wait_for_tcp(addr, Duration::from_secs(10));
+    let d = Daemon {
+        guard,
+        addr,
+        home: home.path().to_path_buf(),
+    };
+    let client = h1();
+    let events = run_start(&client, &d, "id -u; pwd; echo $HOME", false).await;
+    let out = stdout_of(&events);
+    let mut lines = out.lines();
+    let uid: u32 = lines.next().unwrap().parse().unwrap();
+    assert_ne!(uid, 0, "{out}");
+    assert_eq!(lines.next().unwrap(), home.path().to_str().unwrap());
+    assert_eq!(lines.next().unwrap(), home.path().to_str().unwrap());
+
+    let req = stream_req(&d.url("/process.Process/Start"))
+        .header("authorization", "Basic cm9vdDo=")
+        .body(full(envelope(0, &start_body("id"))))
+        .unwrap();
+    let events = Envelopes::new(client.request(req).await.unwrap().into_body())
+        .all()
+        .await;
+    assert_eq!(
+        events[0].1["error"]["code"], "permission_denied",
+        "{events:?}"
+    );
+
+    // Uploads land in the scratch home, owned by the daemon's user.
+    let req = Request::post(d.url("/files?path=up.txt"))
+        .header("content-type", "application/octet-stream")
+        .body(full("data"))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let written = home.path().join("up.txt");
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), "data");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&written).unwrap().uid(), uid);
+}
