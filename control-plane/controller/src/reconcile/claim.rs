@@ -197,12 +197,19 @@ async fn claim_from(
     // Live sandboxes already owned by this claim (recovers a lost status write).
     // The claim's status (fresh: see `is_stale`) is authoritative; this only recovers a status
     // write lost in a crash, for which the cache (listed anew at start-up) is enough.
-    let mine: Vec<Sandbox> = match ctx.sandbox_store.get() {
+    let ready_store = match ctx.sandbox_store.get() {
         Some(store) => {
-            store
-                .wait_until_ready()
-                .await
-                .map_err(|e| crate::error::Error::InvalidSpec(e.to_string()))?;
+            let ready =
+                tokio::time::timeout(Duration::from_secs(2), store.wait_until_ready()).await;
+            if ready.is_err() {
+                tracing::warn!(claim = %claim_name, "sandbox cache not ready after 2s; listing from the apiserver");
+            }
+            ready.ok().and_then(Result::ok).map(|_| store)
+        }
+        None => None,
+    };
+    let mine: Vec<Sandbox> = match ready_store {
+        Some(store) => {
             let ns = claim.namespace().unwrap_or_default();
             store
                 .state()
@@ -212,6 +219,7 @@ async fn claim_from(
                 .map(|s| (**s).clone())
                 .collect()
         }
+        // Cache not synced yet: ask the apiserver (consistent, if slower).
         None => {
             sandboxes
                 .list(&ListParams::default().labels(&format!("{LABEL_CLAIM_NAME}={claim_name}")))
@@ -234,7 +242,7 @@ async fn claim_from(
 
     let set_name = set.name_any();
     let selector = format!("{LABEL_SANDBOX_POOL}={set_name},{LABEL_SANDBOX_CLAIMED}=false");
-    let pool: Vec<Sandbox> = match ctx.sandbox_store.get() {
+    let pool: Vec<Sandbox> = match ready_store {
         Some(store) => {
             let ns = claim.namespace().unwrap_or_default();
             store
