@@ -291,15 +291,20 @@ pub async fn download(
         .header("cache-control", "no-store");
     let metrics = state.metrics.download_bytes.clone();
     if encoding == Encoding::Gzip {
-        use async_compression::tokio::bufread::GzipEncoder;
-        let reader = tokio::io::BufReader::with_capacity(IO_CHUNK, file);
-        let gz = GzipEncoder::with_quality(reader, async_compression::Level::Fastest);
-        let stream = tokio_util::io::ReaderStream::with_capacity(gz, 256 << 10);
         metrics.inc_by(size);
+        let body = match gzip_body(file).await {
+            Ok(b) => b,
+            Err(e) => {
+                return json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("error reading file '{}': {e}", path.display()),
+                );
+            }
+        };
         return builder
             .status(StatusCode::OK)
             .header(header::CONTENT_ENCODING, "gzip")
-            .body(stream_body(stream))
+            .body(body)
             .unwrap_or_else(|e| json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
     }
     let (status, start, len, content_range) = match parse_range(range_header, size) {
@@ -343,6 +348,103 @@ pub async fn download(
     }
     b.body(stream_body(stream))
         .unwrap_or_else(|e| json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// Bytes sampled from the start of a file to decide whether compressing it is worth the CPU.
+const SAMPLE: usize = 64 << 10;
+
+/// Whether deflate shrinks `sample` by at least 10 %.
+pub fn worth_compressing(sample: &[u8]) -> bool {
+    if sample.is_empty() {
+        return true;
+    }
+    let mut enc = flate2::write::DeflateEncoder::new(
+        Vec::with_capacity(sample.len()),
+        flate2::Compression::fast(),
+    );
+    if enc.write_all(sample).is_err() {
+        return true;
+    }
+    enc.finish()
+        .map(|c| (c.len() as f64) < sample.len() as f64 * 0.9)
+        .unwrap_or(true)
+}
+
+/// A gzip body for a download. Files whose first 64 KiB do not compress (archives, images,
+/// random data) are sent as gzip "stored" blocks, valid gzip at memory speed; the rest are
+/// compressed at the fastest level.
+async fn gzip_body(mut file: tokio::fs::File) -> io::Result<BoxBody> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let mut sample = vec![0u8; SAMPLE];
+    let mut n = 0;
+    while n < SAMPLE {
+        let r = file.read(&mut sample[n..]).await?;
+        if r == 0 {
+            break;
+        }
+        n += r;
+    }
+    sample.truncate(n);
+    file.seek(io::SeekFrom::Start(0)).await?;
+    if worth_compressing(&sample) {
+        use async_compression::tokio::bufread::GzipEncoder;
+        let reader = tokio::io::BufReader::with_capacity(IO_CHUNK, file);
+        let gz = GzipEncoder::with_quality(reader, async_compression::Level::Fastest);
+        return Ok(stream_body(tokio_util::io::ReaderStream::with_capacity(
+            gz,
+            256 << 10,
+        )));
+    }
+    Ok(stream_body(stored_gzip(
+        tokio_util::io::ReaderStream::with_capacity(file, 256 << 10),
+    )))
+}
+
+/// The gzip header: no name, no mtime, OS unknown.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+
+/// Wraps raw chunks into one gzip member made of deflate stored blocks.
+pub fn stored_gzip<S>(chunks: S) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static
+where
+    S: Stream<Item = io::Result<Bytes>> + Send + Unpin + 'static,
+{
+    enum Phase<S> {
+        Header(S),
+        Body(S, flate2::Crc),
+        Done,
+    }
+    futures::stream::unfold(Phase::Header(chunks), |phase| async move {
+        match phase {
+            Phase::Header(s) => Some((
+                Ok(Bytes::from_static(&GZIP_HEADER)),
+                Phase::Body(s, flate2::Crc::new()),
+            )),
+            Phase::Body(mut s, mut crc) => match s.next().await {
+                Some(Ok(chunk)) => {
+                    crc.update(&chunk);
+                    let mut out =
+                        BytesMut::with_capacity(chunk.len() + chunk.len() / 65535 * 5 + 5);
+                    for block in chunk.chunks(65535) {
+                        let len = block.len() as u16;
+                        out.extend_from_slice(&[0]);
+                        out.extend_from_slice(&len.to_le_bytes());
+                        out.extend_from_slice(&(!len).to_le_bytes());
+                        out.extend_from_slice(block);
+                    }
+                    Some((Ok(out.freeze()), Phase::Body(s, crc)))
+                }
+                Some(Err(e)) => Some((Err(e), Phase::Done)),
+                None => {
+                    let mut out = BytesMut::with_capacity(13);
+                    out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+                    out.extend_from_slice(&crc.sum().to_le_bytes());
+                    out.extend_from_slice(&crc.amount().to_le_bytes());
+                    Some((Ok(out.freeze()), Phase::Done))
+                }
+            },
+            Phase::Done => None,
+        }
+    })
 }
 
 fn stream_body<S>(s: S) -> BoxBody
@@ -665,6 +767,50 @@ mod tests {
         );
         assert!(negotiate_encoding(Some("br, identity;q=0")).is_err());
         assert_eq!(negotiate_encoding(Some("gzip;q=0")), Ok(Encoding::Identity));
+    }
+
+    #[test]
+    fn compressibility_probe() {
+        assert!(worth_compressing(&b"abc".repeat(10_000)));
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let random: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        assert!(!worth_compressing(&random));
+    }
+
+    #[tokio::test]
+    async fn stored_gzip_is_valid_gzip() {
+        use std::io::Read;
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let chunks: Vec<io::Result<Bytes>> = data
+            .chunks(100_000)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let out: Vec<Bytes> = stored_gzip(futures::stream::iter(chunks))
+            .map(|r| r.unwrap())
+            .collect()
+            .await;
+        let gz: Vec<u8> = out.concat();
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, data);
+        let empty: Vec<Bytes> = stored_gzip(futures::stream::empty())
+            .map(|r| r.unwrap())
+            .collect()
+            .await;
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&empty.concat()[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert!(back.is_empty());
     }
 
     #[test]
