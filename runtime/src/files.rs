@@ -511,12 +511,21 @@ where
     S: Stream<Item = Result<Bytes, UploadError>> + Unpin,
 {
     let (uid, gid) = (user.uid, user.gid);
+    if let Some(parent) = path.parent().map(Path::to_path_buf) {
+        let created = blocking(move || {
+            let existed = parent.is_dir();
+            crate::filesystem::ensure_dirs(&parent, uid, gid)
+                .map_err(|e| UploadError::internal(format!("error ensuring directories: {e}")))?;
+            Ok(!existed)
+        })
+        .await?;
+        if created {
+            // Let recursive watches pick up the new directories before the file appears.
+            state.watchers.sync_all();
+        }
+    }
     let p = path.clone();
     let mut file = blocking(move || {
-        if let Some(parent) = p.parent() {
-            crate::filesystem::ensure_dirs(parent, uid, gid)
-                .map_err(|e| UploadError::internal(format!("error ensuring directories: {e}")))?;
-        }
         let existed = match std::fs::metadata(&p) {
             Ok(m) if m.is_dir() => {
                 return Err(UploadError::bad(format!(

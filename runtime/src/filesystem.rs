@@ -187,6 +187,7 @@ fn make_dir(state: &AppState, user: &User, req: PathRequest) -> Result<Value, Rp
         Err(e) => return Err(io_to_rpc(&e, "error getting file info")),
     }
     ensure_dirs(&path, user.uid, user.gid).map_err(RpcError::internal)?;
+    state.watchers.sync_all();
     let entry = entry_info(&path, &path, &mut NameCache::default())
         .map_err(|e| io_to_rpc(&e, "error getting file info"))?;
     Ok(json!({ "entry": entry }))
@@ -205,6 +206,7 @@ fn move_entry(state: &AppState, user: &User, req: MoveRequest) -> Result<Value, 
         ensure_dirs(parent, user.uid, user.gid).map_err(RpcError::internal)?;
     }
     std::fs::rename(&source, &destination).map_err(|e| io_to_rpc(&e, "error renaming"))?;
+    state.watchers.sync_all();
     let entry = entry_info(&destination, &destination, &mut NameCache::default())
         .map_err(|e| io_to_rpc(&e, "error getting file info"))?;
     Ok(json!({ "entry": entry }))

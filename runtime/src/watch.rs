@@ -96,6 +96,10 @@ pub struct DirWatch {
     include_entry: bool,
     /// wd → directory relative to the root ("" for the root).
     wds: Mutex<HashMap<i32, PathBuf>>,
+    /// Events read from the kernel and not yet delivered.
+    pending: Mutex<Vec<FilesystemEvent>>,
+    /// Woken when `sync` moved events into `pending`.
+    wake: tokio::sync::Notify,
 }
 
 impl DirWatch {
@@ -113,6 +117,8 @@ impl DirWatch {
             recursive,
             include_entry,
             wds: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
         };
         w.add(Path::new(""))?;
         if recursive {
@@ -163,8 +169,33 @@ impl DirWatch {
         }
     }
 
-    /// Reads every event queued right now (never blocks).
+    /// Moves every event the kernel has queued into `pending` (never blocks). Holding the
+    /// `pending` lock while reading keeps events in kernel order.
+    fn pull(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        pending.extend(self.read_kernel());
+        if pending.len() > MAX_BUFFERED {
+            let excess = pending.len() - MAX_BUFFERED;
+            pending.drain(..excess);
+            tracing::warn!(root = %self.root.display(), dropped = excess, "watcher buffer full; oldest events dropped");
+        }
+    }
+
+    /// Every event not yet delivered, including those the kernel queued until now.
     pub fn drain(&self) -> Vec<FilesystemEvent> {
+        self.pull();
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Processes queued kernel events now (adding watches for new subdirectories) and wakes the
+    /// consumer. Called after the daemon itself created directories, so that files it writes
+    /// into them next are seen by recursive watches.
+    pub fn sync(&self) {
+        self.pull();
+        self.wake.notify_one();
+    }
+
+    fn read_kernel(&self) -> Vec<FilesystemEvent> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 64 << 10];
         let mut names = NameCache::default();
@@ -240,10 +271,14 @@ impl DirWatch {
         }
     }
 
-    /// Waits until events may be available.
+    /// Waits until events may be available (kernel readiness or a `sync`).
     pub async fn readable(&self) -> io::Result<()> {
-        let mut g = self.fd.readable().await?;
-        g.clear_ready();
+        tokio::select! {
+            g = self.fd.readable() => {
+                g?.clear_ready();
+            }
+            _ = self.wake.notified() => {}
+        }
         Ok(())
     }
 }
@@ -324,9 +359,10 @@ pub fn watch_dir_rpc(
         Ok::<_, RpcError>((new_watch(&path, &req)?, timeout))
     })();
     let (watch, timeout) = match result {
-        Ok(x) => x,
+        Ok((w, t)) => (Arc::new(w), t),
         Err(e) => return connect::stream_error(&e),
     };
+    state.watchers.track(&watch);
     let (sender, resp) = StreamSender::new();
     let keepalive = connect::keepalive_interval(headers);
     let st = state.clone();
@@ -379,21 +415,8 @@ pub fn watch_dir_rpc(
 #[derive(Debug)]
 struct Polling {
     watch: Arc<DirWatch>,
-    events: Arc<Mutex<Vec<FilesystemEvent>>>,
     task: JoinHandle<()>,
     _gauge: GaugeGuard,
-}
-
-impl Polling {
-    fn collect(watch: &DirWatch, events: &Mutex<Vec<FilesystemEvent>>) {
-        // Drain while holding the buffer lock so that events stay in kernel order.
-        let mut buf = events.lock().unwrap_or_else(|e| e.into_inner());
-        buf.extend(watch.drain());
-        if buf.len() > MAX_BUFFERED {
-            let excess = buf.len() - MAX_BUFFERED;
-            buf.drain(..excess);
-        }
-    }
 }
 
 impl Drop for Polling {
@@ -402,10 +425,33 @@ impl Drop for Polling {
     }
 }
 
-/// The polling watchers by id.
+/// The polling watchers by id, and every live watch (polling or streaming).
 #[derive(Debug, Default)]
 pub struct Registry {
     watchers: Mutex<HashMap<String, Arc<Polling>>>,
+    all: Mutex<Vec<std::sync::Weak<DirWatch>>>,
+}
+
+impl Registry {
+    fn track(&self, w: &Arc<DirWatch>) {
+        let mut all = self.all.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(w));
+    }
+
+    /// Makes every live watch process what the kernel queued so far (see [`DirWatch::sync`]).
+    pub fn sync_all(&self) {
+        let live: Vec<Arc<DirWatch>> = self
+            .all
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|w| w.upgrade())
+            .collect();
+        for w in live {
+            w.sync();
+        }
+    }
 }
 
 fn watcher_id() -> String {
@@ -427,20 +473,19 @@ pub fn create_watcher(
         .map_err(|e| RpcError::invalid_argument(format!("invalid request message: {e}")))?;
     let path = check_watch_path(state, &user, &req)?;
     let watch = Arc::new(new_watch(&path, &req)?);
-    let events = Arc::new(Mutex::new(Vec::new()));
-    let (w, ev) = (watch.clone(), events.clone());
+    state.watchers.track(&watch);
+    let w = watch.clone();
     let task = tokio::spawn(async move {
         loop {
             if w.readable().await.is_err() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Polling::collect(&w, &ev);
+            w.pull();
         }
     });
     let id = watcher_id();
     let polling = Arc::new(Polling {
         watch,
-        events,
         task,
         _gauge: GaugeGuard::new(&state.metrics.watchers),
     });
@@ -469,8 +514,7 @@ fn find(state: &AppState, id: &str) -> Result<Arc<Polling>, RpcError> {
 pub fn get_events(state: &Arc<AppState>, payload: &[u8]) -> Result<Value, RpcError> {
     let req: WatcherIdRequest = connect::decode(payload)?;
     let w = find(state, &req.watcher_id)?;
-    Polling::collect(&w.watch, &w.events);
-    let events = std::mem::take(&mut *w.events.lock().unwrap_or_else(|e| e.into_inner()));
+    let events = w.watch.drain();
     Ok(json!({ "events": events }))
 }
 

@@ -315,3 +315,16 @@ def test_gzip_request_body_is_inflated(runtime):
     )
     assert bad.status_code == 400
     os.remove("/tmp/gz-upload.txt")
+
+
+def test_recursive_watch_sees_files_written_into_directories_the_upload_creates(sandbox):
+    d = unique("updirs")
+    sandbox.files.make_dir(d)
+    handle = sandbox.files.watch_dir(d, recursive=True)
+    sandbox.files.write_files([WriteEntry(path=f"{d}/new/deeper/x.txt", data="x")])
+    events = [(e.name, e.type) for e in handle.get_new_events()]
+    assert ("new", FilesystemEventType.CREATE) in events
+    assert ("new/deeper", FilesystemEventType.CREATE) in events
+    assert ("new/deeper/x.txt", FilesystemEventType.CREATE) in events
+    assert ("new/deeper/x.txt", FilesystemEventType.WRITE) in events
+    handle.stop()
