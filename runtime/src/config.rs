@@ -67,6 +67,11 @@ pub struct Config {
     #[arg(long = "env", value_name = "KEY=VALUE")]
     pub envs: Vec<String>,
 
+    /// Seconds an idle HTTP/1.1 keep-alive connection is kept open (envd: 640). Must exceed the
+    /// clients' pool idle time (the Python SDK keeps connections 300 s).
+    #[arg(long, env = "AGENT_RUNTIME_IDLE_TIMEOUT", default_value_t = 640)]
+    pub idle_timeout: u64,
+
     /// Seconds to let open requests finish after SIGTERM before closing them.
     #[arg(long, env = "AGENT_RUNTIME_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout: u64,

@@ -59,6 +59,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         state.clone(),
         shutdown,
         config.shutdown_timeout(),
+        Duration::from_secs(config.idle_timeout.max(1)),
     )
     .await;
     let killed = state.processes.kill_all();
@@ -82,12 +83,14 @@ async fn wait_for_signal() {
 }
 
 /// Accepts connections on every listener until `shutdown`, then lets open connections finish
-/// for up to `grace`.
+/// for up to `grace`. Idle HTTP/1.1 connections are closed after `idle` (hyper's header-read
+/// timeout, which also runs while a keep-alive connection waits for its next request).
 pub async fn serve(
     listeners: Vec<TcpListener>,
     state: Arc<AppState>,
     shutdown: CancellationToken,
     grace: Duration,
+    idle: Duration,
 ) {
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let mut tasks = Vec::new();
@@ -95,7 +98,11 @@ pub async fn serve(
         let (state, shutdown, graceful) = (state.clone(), shutdown.clone(), graceful.clone());
         tasks.push(tokio::spawn(async move {
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder.http1().timer(TokioTimer::new()).keep_alive(true);
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .keep_alive(true)
+                .header_read_timeout(idle);
             builder
                 .http2()
                 .timer(TokioTimer::new())

@@ -658,3 +658,30 @@ async fn works_as_a_non_root_user_with_a_scratch_home() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&written).unwrap().uid(), uid);
 }
+
+/// Idle keep-alive connections stay open for `--idle-timeout` (640 s by default, like envd; the
+/// SDK reuses pooled connections for up to 300 s) and are closed after it.
+#[test]
+fn idle_keepalive_connections_follow_the_idle_timeout() {
+    use std::io::{Read, Write};
+    let d = Daemon::start(&["--idle-timeout", "3"]);
+    let req = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 512];
+    let mut ask = |s: &mut std::net::TcpStream| -> usize {
+        if s.write_all(req).is_err() {
+            return 0;
+        }
+        s.read(&mut buf).unwrap_or(0)
+    };
+    assert!(ask(&mut s) > 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(ask(&mut s) > 0, "connection closed before the idle timeout");
+    std::thread::sleep(Duration::from_millis(4500));
+    assert_eq!(
+        ask(&mut s),
+        0,
+        "idle connection still open after the idle timeout"
+    );
+}
