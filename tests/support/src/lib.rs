@@ -23,7 +23,9 @@ pub fn artifact_from_env(var: &str) -> PathBuf {
             );
             p
         }
-        _ => panic!("{var} is not set; run the tests through `make test` (or the area's make target)"),
+        _ => panic!(
+            "{var} is not set; run the tests through `make test` (or the area's make target)"
+        ),
     }
 }
 
@@ -34,7 +36,10 @@ pub fn envoy_bin() -> PathBuf {
 
 /// The repository root (two levels above this crate).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 /// A loopback port the kernel handed out as free a moment ago (the small window before the
@@ -84,11 +89,18 @@ impl ChildGuard {
         let log_path = dir.path().join(format!("{name}.log"));
         let log = File::create(&log_path).expect("create log file");
         let log2 = log.try_clone().expect("clone log file");
-        cmd.stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(log2));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2));
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("failed to start {name} ({cmd:?}): {e}"));
-        ChildGuard { name: name.to_string(), child: Some(child), log_path, dir }
+        ChildGuard {
+            name: name.to_string(),
+            child: Some(child),
+            log_path,
+            dir,
+        }
     }
 
     /// The scratch directory of this process (deleted on drop).
@@ -117,10 +129,18 @@ impl ChildGuard {
                 return;
             }
             if let Some(status) = self.try_wait() {
-                panic!("{} exited with {status} before listening on {addr}; log:\n{}", self.name, self.log());
+                panic!(
+                    "{} exited with {status} before listening on {addr}; log:\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             if Instant::now() >= deadline {
-                panic!("{} did not listen on {addr} within {timeout:?}; log:\n{}", self.name, self.log());
+                panic!(
+                    "{} did not listen on {addr} within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -134,10 +154,18 @@ impl ChildGuard {
                 return;
             }
             if let Some(status) = self.try_wait() {
-                panic!("{} exited with {status} while waiting for {what}; log:\n{}", self.name, self.log());
+                panic!(
+                    "{} exited with {status} while waiting for {what}; log:\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             if Instant::now() >= deadline {
-                panic!("{}: {what} not reached within {timeout:?}; log:\n{}", self.name, self.log());
+                panic!(
+                    "{}: {what} not reached within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -145,12 +173,17 @@ impl ChildGuard {
 
     /// The exit status if the process has ended.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Sends a signal (e.g. `libc`'s SIGTERM = 15) through `kill(1)`.
     pub fn signal(&self, signal: &str) {
-        let _ = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status();
     }
 
     /// Waits for the process to exit by itself.
@@ -178,7 +211,12 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!("---- {} log ({}) ----\n{}", self.name, self.log_path.display(), self.log());
+            eprintln!(
+                "---- {} log ({}) ----\n{}",
+                self.name,
+                self.log_path.display(),
+                self.log()
+            );
         }
     }
 }
