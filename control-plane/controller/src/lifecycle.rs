@@ -327,7 +327,11 @@ pub fn plan(o: &Observed<'_>) -> Plan {
             }
         }
         phase::RUNNING => {
-            if !pod.exists || pod.terminating {
+            // A pause deletes the pod before the status write; if that write lost a conflict, the
+            // retry sees `Running` with the pod already going away. That is the pause in
+            // progress, not a lost pod, so a sandbox asked to pause never fails here.
+            let pausing = sbx.spec.paused;
+            if (!pod.exists || pod.terminating) && !pausing {
                 ph = phase::FAILED.into();
                 status.message = Some("Pod Not Found".into());
             } else if pod.phase == "Succeeded" || pod.phase == "Failed" {
@@ -375,9 +379,11 @@ pub fn plan(o: &Observed<'_>) -> Plan {
                     now,
                 );
                 p.add_finalizer = !has_finalizer(sbx);
-                p.pod = PodAction::Delete {
-                    grace_seconds: Some(PAUSE_GRACE_SECONDS),
-                };
+                if pod.exists && !pod.terminating {
+                    p.pod = PodAction::Delete {
+                        grace_seconds: Some(PAUSE_GRACE_SECONDS),
+                    };
+                }
                 // Keep the old revision while pausing so a template change made now is seen later.
                 revision = pinned_revision.clone().unwrap_or(revision);
             } else {
@@ -751,6 +757,20 @@ mod tests {
         let p = run(&sbx("Running"), PodFacts::default());
         assert_eq!(p.status.phase.as_deref(), Some("Failed"));
         assert_eq!(p.status.message.as_deref(), Some("Pod Not Found"));
+    }
+
+    #[test]
+    fn pause_retried_after_a_lost_status_write_does_not_fail_the_sandbox() {
+        let mut s = sbx("Running");
+        s.spec.paused = true;
+        let mut going = running_pod(true);
+        going.terminating = true;
+        for pod in [going, PodFacts::default()] {
+            let p = run(&s, pod);
+            assert_eq!(p.status.phase.as_deref(), Some("Paused"));
+            assert_eq!(p.pod, PodAction::None);
+            assert!(!conditions::is_true(&p.status.conditions, "Ready"));
+        }
     }
 
     #[test]
