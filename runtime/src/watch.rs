@@ -245,29 +245,66 @@ impl DirWatch {
             dir.join(std::ffi::OsStr::from_bytes(&ev.name))
         };
         let abs = self.root.join(&rel);
-        if self.recursive
+        let adopted = self.recursive
             && ev.mask & libc::IN_ISDIR != 0
             && ev.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0
-            && self.add(&rel).is_ok()
-        {
-            self.add_tree(&rel);
-        }
+            && self.add(&rel).is_ok();
         let name = if rel.as_os_str().is_empty() {
             ".".to_string()
         } else {
             rel.display().to_string()
         };
         for t in event_types(ev.mask) {
-            let entry = if self.include_entry {
-                crate::filesystem::entry_info(&abs, &abs, names).ok()
-            } else {
-                None
-            };
-            out.push(FilesystemEvent {
-                name: name.clone(),
-                event_type: t,
-                entry,
-            });
+            self.push(out, name.clone(), t, &abs, names);
+        }
+        if adopted {
+            self.adopt_contents(&rel, names, out);
+        }
+    }
+
+    fn push(
+        &self,
+        out: &mut Vec<FilesystemEvent>,
+        name: String,
+        event_type: EventType,
+        abs: &Path,
+        names: &mut NameCache,
+    ) {
+        let entry = if self.include_entry {
+            crate::filesystem::entry_info(abs, abs, names).ok()
+        } else {
+            None
+        };
+        out.push(FilesystemEvent {
+            name,
+            event_type,
+            entry,
+        });
+    }
+
+    /// A directory that appeared under a recursive watch may already hold entries created before
+    /// its own watch existed (`mkdir -p a/b`, an upload creating its parents): watch its
+    /// subdirectories and report every entry found as created, parents first. An entry created
+    /// between the watch and the scan may be reported twice; none is missed.
+    fn adopt_contents(&self, rel: &Path, names: &mut NameCache, out: &mut Vec<FilesystemEvent>) {
+        let Ok(rd) = std::fs::read_dir(self.root.join(rel)) else {
+            return;
+        };
+        let mut entries: Vec<_> = rd.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let child = rel.join(e.file_name());
+            let abs = self.root.join(&child);
+            self.push(
+                out,
+                child.display().to_string(),
+                EventType::Create,
+                &abs,
+                names,
+            );
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) && self.add(&child).is_ok() {
+                self.adopt_contents(&child, names, out);
+            }
         }
     }
 
@@ -584,6 +621,32 @@ mod tests {
                     name: vec![]
                 }
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn entries_created_before_a_new_directory_is_watched_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = DirWatch::new(dir.path(), true, false).unwrap();
+        // All of it exists before the watcher reads the parent's CREATE.
+        std::fs::create_dir_all(dir.path().join("new/deeper")).unwrap();
+        std::fs::write(dir.path().join("new/deeper/x.txt"), "x").unwrap();
+        let evs = w.drain();
+        let kinds: Vec<_> = evs
+            .iter()
+            .map(|e| (e.name.as_str(), e.event_type))
+            .collect();
+        for name in ["new", "new/deeper", "new/deeper/x.txt"] {
+            assert!(kinds.contains(&(name, EventType::Create)), "{kinds:?}");
+        }
+        // The adopted subdirectory is watched from now on.
+        std::fs::write(dir.path().join("new/deeper/y.txt"), "y").unwrap();
+        let later = w.drain();
+        assert!(
+            later
+                .iter()
+                .any(|e| e.name == "new/deeper/y.txt" && e.event_type == EventType::Create),
+            "{later:?}"
         );
     }
 
