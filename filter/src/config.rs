@@ -84,6 +84,9 @@ fn default_metadata_namespace() -> String {
 fn default_metadata_key() -> String {
     "host".into()
 }
+fn default_readiness_path() -> String {
+    "/readyz".into()
+}
 
 /// The JSON document, field by field. Unknown fields are errors, so typos do not go unnoticed.
 #[derive(Debug, Deserialize)]
@@ -116,6 +119,11 @@ struct RawConfig {
     metadata_namespace: String,
     #[serde(default = "default_metadata_key")]
     metadata_key: String,
+    /// `GET` of this path, on a request that names no sandbox, is answered by the module: 200
+    /// once the route table is synced, 503 before (a readiness probe on the module's own state,
+    /// like the upstream gateway's `/readyz`). Empty turns it off.
+    #[serde(default = "default_readiness_path")]
+    readiness_path: String,
     /// Static routes; the table counts as synced once they are loaded.
     #[serde(default)]
     routes: Option<Vec<RouteSpec>>,
@@ -161,6 +169,8 @@ pub struct GatewayConfig {
     pub sandbox_cluster: String,
     pub metadata_namespace: String,
     pub metadata_key: String,
+    /// `None` when readiness answers are off.
+    pub readiness_path: Option<String>,
 }
 
 fn valid_header_name(s: &str) -> bool {
@@ -275,6 +285,15 @@ impl GatewayConfig {
                 value: raw.path_prefix,
             });
         }
+        if !raw.readiness_path.is_empty()
+            && (!raw.readiness_path.starts_with('/') || raw.readiness_path.contains('?'))
+        {
+            return Err(ConfigError::Invalid {
+                field: "readiness_path",
+                what: "empty, or a path starting with '/' without a query",
+                value: raw.readiness_path,
+            });
+        }
         for (field, value) in [
             ("table", &raw.table),
             ("sandbox_cluster", &raw.sandbox_cluster),
@@ -344,6 +363,7 @@ impl GatewayConfig {
             sandbox_cluster: raw.sandbox_cluster,
             metadata_namespace: raw.metadata_namespace,
             metadata_key: raw.metadata_key,
+            readiness_path: Some(raw.readiness_path).filter(|p| !p.is_empty()),
         };
         Ok((config, routes))
     }

@@ -32,10 +32,12 @@ pub enum Outcome {
     Unauthorized,
     Forbidden,
     InternalError,
+    /// The module's readiness path was answered.
+    Readiness,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Outcome::Routed,
         Outcome::PassThrough,
         Outcome::BadRequest,
@@ -45,6 +47,7 @@ impl Outcome {
         Outcome::Unauthorized,
         Outcome::Forbidden,
         Outcome::InternalError,
+        Outcome::Readiness,
     ];
 
     /// Label value of the `outcome` tag.
@@ -59,6 +62,7 @@ impl Outcome {
             Outcome::Unauthorized => "unauthorized",
             Outcome::Forbidden => "forbidden",
             Outcome::InternalError => "internal_error",
+            Outcome::Readiness => "readiness",
         }
     }
 }
@@ -202,6 +206,27 @@ pub fn internal_error() -> LocalReply {
     }
 }
 
+/// The readiness answer: 200 with the table size once synced, 503 before.
+fn readiness(table: &RouteTable) -> LocalReply {
+    let (status, body) = if table.is_synced() {
+        (
+            200,
+            format!("{{\"status\":\"ready\",\"routes\":{}}}", table.len()),
+        )
+    } else {
+        let mut body = String::from("{\"message\":");
+        json_str(&mut body, NOT_READY_MESSAGE);
+        body.push_str(",\"code\":503}");
+        (503, body)
+    };
+    LocalReply {
+        status,
+        body,
+        details: "sandbox_gateway_readiness",
+        outcome: Outcome::Readiness,
+    }
+}
+
 fn bad_request(message: &str) -> LocalReply {
     let mut body = String::from("{\"message\":");
     json_str(&mut body, message);
@@ -260,6 +285,15 @@ impl Gateway {
         let target = match identify(&cfg.identify, &incoming) {
             Ok(Some(t)) => t,
             Ok(None) => {
+                if let (Some(ready), Some(path)) = (&cfg.readiness_path, incoming.path) {
+                    let path = path.split(|b| *b == b'?').next().unwrap_or(path);
+                    let method = req.header(":method");
+                    if path == ready.as_bytes()
+                        && matches!(method, HeaderField::One(b"GET") | HeaderField::One(b"HEAD"))
+                    {
+                        return Decision::Reply(readiness(&self.table));
+                    }
+                }
                 // Forwarding a request that names no sandbox to the ORIGINAL_DST cluster would send
                 // it back to the gateway itself; other routes (the API) pass through untouched.
                 return match req.routed_cluster() {
@@ -473,6 +507,55 @@ mod tests {
             assert!(!r.body.contains("was not found"), "{}", r.body);
             assert!(r.body.contains(&format!("\"sandboxId\":\"{id}\"")));
         }
+    }
+
+    #[test]
+    fn readiness_path_follows_the_table_sync() {
+        let table = Arc::new(RouteTable::new());
+        let g = Gateway::new(GatewayConfig::parse(b"{}").unwrap().0, table.clone());
+        let probe = |path: &'static str, method: &'static str| {
+            let mut r = Req::new(&[
+                (":authority", "10.0.0.9:10000"),
+                (":method", method),
+                (":path", path),
+            ]);
+            r.cluster = None;
+            r
+        };
+        let r = reply(&g, &probe("/readyz", "GET"));
+        assert_eq!((r.status, r.outcome), (503, Outcome::Readiness));
+        assert!(r.body.contains(NOT_READY_MESSAGE), "{}", r.body);
+        table.replace_all(vec![spec("a", "10.0.0.1", "running").into_route().unwrap()]);
+        let r = reply(&g, &probe("/readyz?verbose", "HEAD"));
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, r#"{"status":"ready","routes":1}"#)
+        );
+        // Other methods and paths are not the probe; a request naming a sandbox reaches it.
+        assert!(matches!(
+            g.decide(&probe("/readyz", "POST")),
+            Decision::PassThrough
+        ));
+        assert!(matches!(
+            g.decide(&probe("/readyz/x", "GET")),
+            Decision::PassThrough
+        ));
+        let to_sandbox = Req::new(&[
+            ("e2b-sandbox-id", "a"),
+            (":method", "GET"),
+            (":path", "/readyz"),
+        ]);
+        assert!(matches!(g.decide(&to_sandbox), Decision::Forward { .. }));
+        // An empty path turns it off.
+        let off = Gateway::new(
+            GatewayConfig::parse(br#"{"readiness_path":""}"#).unwrap().0,
+            table,
+        );
+        assert!(matches!(
+            off.decide(&probe("/readyz", "GET")),
+            Decision::PassThrough
+        ));
+        assert!(GatewayConfig::parse(br#"{"readiness_path":"readyz"}"#).is_err());
     }
 
     #[test]

@@ -81,6 +81,23 @@ fn unsynced_table_answers_503_but_not_for_other_routes() {
     let r = request(gw.addr, "GET", "/kruise/api/health", &[], None);
     assert_eq!(r.json()["name"], "api");
     assert_eq!(gw.outcome("not_ready"), 1);
+    // The module's readiness path says the same, for a probe.
+    let r = request(gw.addr, "GET", "/readyz", &[], None);
+    assert_json_reply(
+        &r,
+        503,
+        json!({"message": "The sandbox gateway is not ready: its route table has not been synced yet", "code": 503}),
+    );
+    assert_eq!(gw.outcome("readiness"), 1);
+}
+
+#[test]
+fn readiness_path_answers_200_once_routes_are_loaded() {
+    let gw = GatewayBuilder::new()
+        .routes(vec![route("one", "127.0.0.1", "running")])
+        .start();
+    let r = request(gw.addr, "GET", "/readyz", &[], None);
+    assert_json_reply(&r, 200, json!({"status": "ready", "routes": 1}));
 }
 
 #[test]

@@ -24,6 +24,7 @@ fn routes_added_changed_and_removed_take_effect() {
         None,
     );
     assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(request(gw.addr, "GET", "/readyz", &[], None).status, 503);
 
     xds.routes()
         .resync(vec![route("s1", "127.0.0.1", 10, State::Running)]);
@@ -43,6 +44,9 @@ fn routes_added_changed_and_removed_take_effect() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["name"], "a");
+    let ready = request(gw.addr, "GET", "/readyz", &[], None);
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    assert_eq!(ready.json()["routes"], 1);
 
     // A new sandbox.
     xds.routes()
