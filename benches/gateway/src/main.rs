@@ -1,6 +1,9 @@
 //! Gateway benchmark (not a test): in one run, on loopback, measures requests/s and p50/p99 for
 //!
 //! - (a) `plain`: Envoy with a plain route to a STATIC cluster and no filter;
+//! - (a2) `odst`: Envoy with the ORIGINAL_DST cluster the module routes through, the upstream
+//!   picked by the `x-envoy-original-dst-host` header and no filter (separates the cluster's cost
+//!   from the module's);
 //! - (b) `module`: Envoy with libsandbox_gateway.so and 100,000 routes (ORIGINAL_DST cluster);
 //! - (b1) `module-1`: the same with a single route (shows lookup cost does not grow with size);
 //! - (c) `ext_proc`: Envoy with an ext_proc router (a tonic server doing the same lookup), as in
@@ -399,6 +402,13 @@ fn main() -> anyhow::Result<()> {
         Envoy::start(
             &args,
             &dir,
+            "odst",
+            |p| listener(p, vec![], "sandboxes"),
+            vec![original_dst("sandboxes", true)],
+        )?,
+        Envoy::start(
+            &args,
+            &dir,
             "module",
             |p| listener(p, vec![module_filter(&big, "big")], "sandboxes"),
             vec![original_dst("sandboxes", false)],
@@ -427,15 +437,23 @@ fn main() -> anyhow::Result<()> {
         ("e2b-sandbox-port", upstream.port().to_string()),
     ];
 
+    // (a2) picks the upstream the way ORIGINAL_DST allows without a filter: by header.
+    let mut by_header = headers.to_vec();
+    by_header.push(("x-envoy-original-dst-host", upstream.to_string()));
+    let headers_of = |e: &Envoy| -> &[(&str, String)] {
+        if e.name == "odst" { &by_header } else { &headers }
+    };
+
     // Correctness first: every configuration must actually reach the upstream.
     for e in &envoys {
-        wrk::run(&e.url(), &headers, 4, 1).with_context(|| format!("warm-up of {}", e.name))?;
+        wrk::run(&e.url(), headers_of(e), 4, 1)
+            .with_context(|| format!("warm-up of {}", e.name))?;
     }
     let mut series: Vec<Series> = vec![Series::default(); envoys.len()];
     for round in 0..args.rounds {
         for (e, s) in envoys.iter().zip(series.iter_mut()) {
-            let (sat, cpu) = e.measure(&headers, args.connections, args.seconds)?;
-            let (one, _) = e.measure(&headers, 1, (args.seconds / 2).max(2))?;
+            let (sat, cpu) = e.measure(headers_of(e), args.connections, args.seconds)?;
+            let (one, _) = e.measure(headers_of(e), 1, (args.seconds / 2).max(2))?;
             eprintln!(
                 "round {round} {:>9}: {:>9.0} req/s p50 {:>6.0}us p99 {:>6.0}us cpu {:>5.1}us/req | c=1 p50 {:>5.0}us p99 {:>5.0}us",
                 e.name, sat.rps, sat.p50_us, sat.p99_us, cpu, one.p50_us, one.p99_us
@@ -446,7 +464,8 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    let (plain, module, module1, ext) = (&series[0], &series[1], &series[2], &series[3]);
+    let (plain, odst, module, module1, ext) =
+        (&series[0], &series[1], &series[2], &series[3], &series[4]);
     let mut md = String::new();
     md.push_str(&format!(
         "| configuration | req/s ({} conns) | Envoy CPU per request | p50 / p99 at {} conns | p50 / p99 at 1 conn |\n|---|---|---|---|---|\n",
@@ -454,6 +473,7 @@ fn main() -> anyhow::Result<()> {
     ));
     let names = [
         "(a) Envoy, plain route, no filter".to_string(),
+        "(a2) Envoy, ORIGINAL_DST cluster picked by header, no filter".to_string(),
         format!("(b) Envoy + sandbox_gateway, {} routes", args.routes),
         "(b1) Envoy + sandbox_gateway, 1 route".to_string(),
         format!("(c) Envoy + ext_proc router, {} routes", args.routes),
@@ -475,7 +495,8 @@ fn main() -> anyhow::Result<()> {
     md.push_str(&format!(
         "\nRatios (medians of {} rounds of {} s): (b)/(a) requests/s = {:.3} ({:+.1} % {}; budget ≤ 5 % fewer); \
          added p99 at 1 connection = {:+.0} µs (budget ≤ 50 µs); added p99 at {} connections = {:+.0} µs; \
-         Envoy CPU per request (b) − (a) = {:+.1} µs; \
+         Envoy CPU per request (b) − (a) = {:+.1} µs, of which the ORIGINAL_DST cluster (a2) − (a) = {:+.1} µs \
+         and the module itself (b) − (a2) = {:+.1} µs; (b)/(a2) requests/s = {:.3}; \
          (b)/(c) = {:.2}× (budget ≥ 3×); (b)/(b1) = {:.3} (table size does not matter: O(1) lookup). \
          Envoy heap per route at {} routes: {:.0} B (budget ≤ 256 B).\n",
         args.rounds,
@@ -487,6 +508,9 @@ fn main() -> anyhow::Result<()> {
         args.connections,
         module.sat_p99() - plain.sat_p99(),
         module.cpu() - plain.cpu(),
+        odst.cpu() - plain.cpu(),
+        module.cpu() - odst.cpu(),
+        module.rps() / odst.rps(),
         vs_ext,
         module.rps() / module1.rps(),
         args.routes,
