@@ -9,11 +9,13 @@ use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use envoy_types::pb::google::protobuf::Any;
+use envoy_types::pb::google::rpc::Status as RpcStatus;
 use futures::Stream;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -72,7 +74,7 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
         let session = SotwSession::new(self.ctx.clone(), tx);
-        tokio::spawn(session.run(request.into_inner()));
+        tokio::spawn(run(session, request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -82,7 +84,7 @@ impl AggregatedDiscoveryService for Ads {
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let (tx, rx) = mpsc::channel(16);
         let session = DeltaSession::new(self.ctx.clone(), tx);
-        tokio::spawn(session.run(request.into_inner()));
+        tokio::spawn(run(session, request.into_inner()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -91,90 +93,148 @@ impl AggregatedDiscoveryService for Ads {
 /// (`None` for a non-final part of a split response).
 type Pending = HashMap<String, (String, Option<u64>)>;
 
-struct DeltaSession {
+/// What both stream variants keep: the registry entry, the client's node id, and the nonces of
+/// responses not yet ACKed or NACKed.
+struct StreamCore {
     ctx: AdsContext,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     id: StreamId,
+    kind: &'static str,
     node: String,
-    subs: HashMap<String, Subscription>,
     pending: Pending,
     nonce: u64,
 }
 
-impl DeltaSession {
-    fn new(ctx: AdsContext, tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>) -> Self {
+impl StreamCore {
+    fn new(ctx: AdsContext, kind: &'static str) -> Self {
         let id = ctx.registry.register("");
-        ctx.metrics.stream_opened("delta");
-        DeltaSession {
+        ctx.metrics.stream_opened(kind);
+        StreamCore {
             ctx,
-            tx,
             id,
+            kind,
             node: String::new(),
-            subs: HashMap::new(),
             pending: HashMap::new(),
             nonce: 0,
         }
     }
 
-    async fn run(mut self, mut inbound: Streaming<DeltaDiscoveryRequest>) {
-        let mut changes = self.ctx.cache.subscribe_changes();
-        let mut shutdown = self.ctx.shutdown.clone();
-        loop {
-            tokio::select! {
-                msg = inbound.message() => match msg {
-                    Ok(Some(req)) => self.on_request(req),
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(node = %self.node, error = %e, "delta stream ended");
-                        break;
-                    }
-                },
-                r = changes.changed() => if r.is_err() { break },
-                r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break },
-            }
-            if self.push().await.is_err() {
-                break;
-            }
-        }
-        self.ctx.registry.unregister(self.id);
-        self.ctx.metrics.stream_closed("delta");
-        tracing::info!(node = %self.node, "delta stream closed");
-    }
-
-    fn on_request(&mut self, req: DeltaDiscoveryRequest) {
+    /// Takes the node id from the first request that names one.
+    fn learn_node(&mut self, node: Option<&Node>) {
         if self.node.is_empty()
-            && let Some(n) = &req.node
+            && let Some(n) = node
         {
             self.node = n.id.clone();
             self.ctx.registry.set_node(self.id, &self.node);
-            tracing::info!(node = %self.node, "delta stream opened");
+            tracing::info!(node = %self.node, "{} stream opened", self.kind);
         }
+    }
+
+    /// Records the ACK or NACK a request carries for an earlier response.
+    fn settle(&mut self, nonce: &str, error: Option<&RpcStatus>) {
+        if nonce.is_empty() {
+            return;
+        }
+        let Some((t, version)) = self.pending.remove(nonce) else {
+            return;
+        };
+        match error {
+            Some(err) => {
+                let node = self.ctx.registry.nack(self.id, &t, &err.message);
+                self.ctx.metrics.nack(&t);
+                tracing::warn!(node = %node, type_url = %t, nonce = %nonce, code = err.code, error = %err.message,
+                    "client rejected a response (NACK); it keeps its last good version");
+            }
+            None => {
+                self.ctx.metrics.ack(&t);
+                if let Some(v) = version {
+                    self.ctx.registry.ack(self.id, &t, v);
+                }
+            }
+        }
+    }
+
+    /// A fresh nonce for a response of `type_url`; an ACK of it completes `version`.
+    fn next_nonce(&mut self, type_url: &str, version: Option<u64>) -> String {
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        self.pending
+            .insert(nonce.clone(), (type_url.to_string(), version));
+        nonce
+    }
+}
+
+/// One ADS stream variant: how it reads requests and what it sends.
+trait Session: Send + Sized + 'static {
+    type Request: Send + 'static;
+    fn core(&self) -> &StreamCore;
+    fn on_request(&mut self, req: Self::Request);
+    /// Sends whatever the client is missing; `Err` when the client is gone.
+    fn push(&mut self) -> impl Future<Output = Result<(), ()>> + Send;
+}
+
+/// The life of a stream: react to requests, cache changes and shutdown, push after each.
+async fn run<S: Session>(mut session: S, mut inbound: Streaming<S::Request>) {
+    let mut changes = session.core().ctx.cache.subscribe_changes();
+    let mut shutdown = session.core().ctx.shutdown.clone();
+    loop {
+        tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(req)) => session.on_request(req),
+                Ok(None) => break,
+                Err(e) => {
+                    let core = session.core();
+                    tracing::debug!(node = %core.node, error = %e, "{} stream ended", core.kind);
+                    break;
+                }
+            },
+            r = changes.changed() => if r.is_err() { break },
+            r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break },
+        }
+        if session.push().await.is_err() {
+            break;
+        }
+    }
+    let core = session.core();
+    core.ctx.registry.unregister(core.id);
+    core.ctx.metrics.stream_closed(core.kind);
+    tracing::info!(node = %core.node, "{} stream closed", core.kind);
+}
+
+struct DeltaSession {
+    core: StreamCore,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    subs: HashMap<String, Subscription>,
+}
+
+impl DeltaSession {
+    fn new(ctx: AdsContext, tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>) -> Self {
+        DeltaSession {
+            core: StreamCore::new(ctx, "delta"),
+            tx,
+            subs: HashMap::new(),
+        }
+    }
+}
+
+impl Session for DeltaSession {
+    type Request = DeltaDiscoveryRequest;
+
+    fn core(&self) -> &StreamCore {
+        &self.core
+    }
+
+    fn on_request(&mut self, req: DeltaDiscoveryRequest) {
+        self.core.learn_node(req.node.as_ref());
         let type_url = req.type_url;
         if type_url.is_empty() {
             return;
         }
-        if !req.response_nonce.is_empty()
-            && let Some((t, version)) = self.pending.remove(&req.response_nonce)
-        {
-            match &req.error_detail {
-                Some(err) => {
-                    let node = self.ctx.registry.nack(self.id, &t, &err.message);
-                    self.ctx.metrics.nack(&t);
-                    tracing::warn!(node = %node, type_url = %t, nonce = %req.response_nonce, code = err.code, error = %err.message,
-                        "client rejected a response (NACK); it keeps its last good version");
-                }
-                None => {
-                    self.ctx.metrics.ack(&t);
-                    if let Some(v) = version {
-                        self.ctx.registry.ack(self.id, &t, v);
-                    }
-                }
-            }
-        }
+        self.core
+            .settle(&req.response_nonce, req.error_detail.as_ref());
         let first = !self.subs.contains_key(&type_url);
         let sub = self.subs.entry(type_url.clone()).or_default();
         if first {
-            self.ctx.registry.subscribe(self.id, &type_url);
+            self.core.ctx.registry.subscribe(self.core.id, &type_url);
             // Legacy wildcard: a first request naming nothing subscribes to everything.
             sub.wildcard = req.resource_names_subscribe.is_empty();
             sub.known.extend(req.initial_resource_versions);
@@ -204,7 +264,7 @@ impl DeltaSession {
             let Some(sub) = self.subs.get_mut(&type_url) else {
                 continue;
             };
-            let Some(delta) = self.ctx.cache.delta(&type_url, sub) else {
+            let Some(delta) = self.core.ctx.cache.delta(&type_url, sub) else {
                 continue;
             };
             let total = delta.resources.len();
@@ -229,12 +289,9 @@ impl DeltaSession {
             let mut removed = Some(delta.removed);
             for (i, resources) in parts.into_iter().enumerate() {
                 let last = i + 1 == n;
-                self.nonce += 1;
-                let nonce = self.nonce.to_string();
-                self.pending.insert(
-                    nonce.clone(),
-                    (type_url.clone(), last.then_some(delta.version)),
-                );
+                let nonce = self
+                    .core
+                    .next_nonce(&type_url, last.then_some(delta.version));
                 let count = resources.len();
                 let resp = DeltaDiscoveryResponse {
                     system_version_info: if last {
@@ -252,10 +309,10 @@ impl DeltaSession {
                     nonce,
                     ..Default::default()
                 };
-                self.ctx.metrics.response(&type_url, count);
+                self.core.ctx.metrics.response(&type_url, count);
                 self.tx.send(Ok(resp)).await.map_err(|_| ())?;
             }
-            tracing::debug!(node = %self.node, type_url = %type_url, resources = total, version = delta.version, "delta sent");
+            tracing::debug!(node = %self.core.node, type_url = %type_url, resources = total, version = delta.version, "delta sent");
         }
         Ok(())
     }
@@ -268,87 +325,41 @@ struct SotwSub {
 }
 
 struct SotwSession {
-    ctx: AdsContext,
+    core: StreamCore,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    id: StreamId,
-    node: String,
     subs: HashMap<String, SotwSub>,
-    pending: Pending,
-    nonce: u64,
 }
 
 impl SotwSession {
     fn new(ctx: AdsContext, tx: mpsc::Sender<Result<DiscoveryResponse, Status>>) -> Self {
-        let id = ctx.registry.register("");
-        ctx.metrics.stream_opened("sotw");
         SotwSession {
-            ctx,
+            core: StreamCore::new(ctx, "sotw"),
             tx,
-            id,
-            node: String::new(),
             subs: HashMap::new(),
-            pending: HashMap::new(),
-            nonce: 0,
         }
     }
+}
 
-    async fn run(mut self, mut inbound: Streaming<DiscoveryRequest>) {
-        let mut changes = self.ctx.cache.subscribe_changes();
-        let mut shutdown = self.ctx.shutdown.clone();
-        loop {
-            tokio::select! {
-                msg = inbound.message() => match msg {
-                    Ok(Some(req)) => self.on_request(req),
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(node = %self.node, error = %e, "sotw stream ended");
-                        break;
-                    }
-                },
-                r = changes.changed() => if r.is_err() { break },
-                r = shutdown.changed() => if r.is_err() || *shutdown.borrow() { break },
-            }
-            if self.push().await.is_err() {
-                break;
-            }
-        }
-        self.ctx.registry.unregister(self.id);
-        self.ctx.metrics.stream_closed("sotw");
-        tracing::info!(node = %self.node, "sotw stream closed");
+impl Session for SotwSession {
+    type Request = DiscoveryRequest;
+
+    fn core(&self) -> &StreamCore {
+        &self.core
     }
 
     fn on_request(&mut self, req: DiscoveryRequest) {
-        if self.node.is_empty()
-            && let Some(n) = &req.node
-        {
-            self.node = n.id.clone();
-            self.ctx.registry.set_node(self.id, &self.node);
-            tracing::info!(node = %self.node, "sotw stream opened");
-        }
+        self.core.learn_node(req.node.as_ref());
         if req.type_url.is_empty() {
             return;
         }
-        if !req.response_nonce.is_empty()
-            && let Some((t, version)) = self.pending.remove(&req.response_nonce)
-        {
-            match &req.error_detail {
-                Some(err) => {
-                    let node = self.ctx.registry.nack(self.id, &t, &err.message);
-                    self.ctx.metrics.nack(&t);
-                    tracing::warn!(node = %node, type_url = %t, nonce = %req.response_nonce, error = %err.message,
-                        "client rejected a response (NACK); it keeps its last good version");
-                }
-                None => {
-                    self.ctx.metrics.ack(&t);
-                    if let Some(v) = version {
-                        self.ctx.registry.ack(self.id, &t, v);
-                    }
-                }
-            }
-        }
+        self.core
+            .settle(&req.response_nonce, req.error_detail.as_ref());
         let first = !self.subs.contains_key(&req.type_url);
         if first {
-            self.ctx.registry.subscribe(self.id, &req.type_url);
+            self.core
+                .ctx
+                .registry
+                .subscribe(self.core.id, &req.type_url);
         }
         let sub = self.subs.entry(req.type_url).or_default();
         let names: HashSet<String> = req
@@ -368,17 +379,14 @@ impl SotwSession {
             let Some(sub) = self.subs.get_mut(&type_url) else {
                 continue;
             };
-            let Some((version, resources)) = self.ctx.cache.sotw(&type_url, &sub.names) else {
+            let Some((version, resources)) = self.core.ctx.cache.sotw(&type_url, &sub.names) else {
                 continue;
             };
             if sub.sent == Some(version) {
                 continue;
             }
             sub.sent = Some(version);
-            self.nonce += 1;
-            let nonce = self.nonce.to_string();
-            self.pending
-                .insert(nonce.clone(), (type_url.clone(), Some(version)));
+            let nonce = self.core.next_nonce(&type_url, Some(version));
             let count = resources.len();
             let resp = DiscoveryResponse {
                 version_info: version.to_string(),
@@ -387,7 +395,7 @@ impl SotwSession {
                 nonce,
                 ..Default::default()
             };
-            self.ctx.metrics.response(&type_url, count);
+            self.core.ctx.metrics.response(&type_url, count);
             self.tx.send(Ok(resp)).await.map_err(|_| ())?;
         }
         Ok(())

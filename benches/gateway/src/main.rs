@@ -441,7 +441,11 @@ fn main() -> anyhow::Result<()> {
     let mut by_header = headers.to_vec();
     by_header.push(("x-envoy-original-dst-host", upstream.to_string()));
     let headers_of = |e: &Envoy| -> &[(&str, String)] {
-        if e.name == "odst" { &by_header } else { &headers }
+        if e.name == "odst" {
+            &by_header
+        } else {
+            &headers
+        }
     };
 
     // Correctness first: every configuration must actually reach the upstream.
