@@ -455,24 +455,28 @@ async fn pump_pipe(
         }
     }
     // The process is gone: everything it wrote is in the pipe; take that, but do not wait for
-    // children that may still hold the write end.
+    // children that may still hold the write end. Read the descriptor itself: `try_read` answers
+    // WouldBlock from tokio's cached readiness, which may not have seen the last write yet.
     loop {
-        match rx.try_read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => proc.emit(kind, Bytes::copy_from_slice(&buf[..n])).await,
-            Err(_) => return,
+        match read_raw(rx.as_raw_fd(), &mut buf) {
+            Ok(n) if n > 0 => proc.emit(kind, Bytes::copy_from_slice(&buf[..n])).await,
+            _ => return,
         }
     }
 }
 
-fn read_fd(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is a live, writable slice.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+fn read_raw(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is a live, writable slice; the descriptor is open for the caller's lifetime.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
     }
+}
+
+fn read_fd(fd: &OwnedFd, buf: &mut [u8]) -> io::Result<usize> {
+    read_raw(fd.as_raw_fd(), buf)
 }
 
 async fn pump_pty(fd: Arc<AsyncFd<OwnedFd>>, proc: Arc<Proc>, exited: CancellationToken) {

@@ -685,3 +685,22 @@ fn idle_keepalive_connections_follow_the_idle_timeout() {
         "idle connection still open after the idle timeout"
     );
 }
+
+/// Output written just before exit is delivered before the end event. The daemon once drained
+/// the pipes after exit through tokio's cached readiness and lost the last write under load.
+#[tokio::test]
+async fn output_written_just_before_exit_is_never_lost() {
+    let d = Daemon::start(&[]);
+    let client = h1();
+    let mut missing = 0;
+    for _ in 0..200 {
+        let events = run_start(&client, &d, "echo oops >&2", false).await;
+        if !events
+            .iter()
+            .any(|(_, e)| e["event"]["data"]["stderr"].is_string())
+        {
+            missing += 1;
+        }
+    }
+    assert_eq!(missing, 0, "stderr lost in {missing} of 200 runs");
+}
