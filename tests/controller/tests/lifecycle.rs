@@ -555,6 +555,126 @@ async fn claim_env_vars_reach_the_runtime_through_init() {
     );
 }
 
+/// A runtime that refuses `/init` (400), for the failed-claim paths.
+const INIT_REFUSER: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get('content-length', 0)))
+        self.send_response(400)
+        self.send_header('content-type', 'application/json')
+        self.end_headers()
+        self.wfile.write(b'{"message":"refused","code":400}')
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+http.server.ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_whose_runtime_refuses_init_are_reserved_or_deleted_and_not_counted() {
+    let env = Env::new("initfail").await;
+    let command =
+        serde_json::to_string(&["python3", "-c", INIT_REFUSER, "{ip}", "{port}"]).unwrap();
+    let set: SandboxSet = serde_json::from_value(json!({
+        "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxSet", "metadata": {"name": "refuse"},
+        "spec": {"replicas": 1, "template": {
+            "metadata": {"annotations": {kube_harness::COMMAND_ANNOTATION: command}},
+            "spec": {"initContainers": [{"name": "runtime", "image": "agent-runtime:test", "restartPolicy": "Always"}],
+                     "containers": [{"name": "main", "image": "python:3"}]}}}
+    }))
+    .unwrap();
+    env.api::<SandboxSet>()
+        .create(&PostParams::default(), &set)
+        .await
+        .unwrap();
+    let claims = env.api::<SandboxClaim>();
+    for (name, reserve) in [("keep", true), ("drop", false)] {
+        let claim: SandboxClaim = serde_json::from_value(json!({
+            "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxClaim", "metadata": {"name": name},
+            "spec": {"templateName": "refuse", "reserveFailedSandbox": reserve,
+                     "createOnNoStock": false, "claimTimeout": "600s"}
+        }))
+        .unwrap();
+        claims.create(&PostParams::default(), &claim).await.unwrap();
+    }
+    let keep_uid = claims.get("keep").await.unwrap().uid().unwrap();
+
+    // reserveFailedSandbox: the sandbox stays, labelled and still owned, but is not counted.
+    let reserved = env
+        .eventually("a reserved failed sandbox", Duration::from_secs(60), || async {
+            let l = env
+                .sandboxes("agents.kruise.io/claim-name=keep,agents.kruise.io/reserved-failed-sandbox=true")
+                .await;
+            l.into_iter()
+                .next()
+                .ok_or_else(|| "none reserved yet".to_string())
+        })
+        .await;
+    assert_eq!(
+        reserved.annotations().get(ANNOTATION_OWNER),
+        Some(&keep_uid),
+        "a reserved sandbox keeps its owner"
+    );
+    // Without it, failed sandboxes are deleted: "drop" never keeps one.
+    let events: Api<k8s_openapi::api::events::v1::Event> = env.api();
+    env.eventually(
+        "a deleted failed sandbox",
+        Duration::from_secs(60),
+        || async {
+            let l = events
+                .list(&Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let failed: Vec<(String, String)> = l
+                .items
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some("ClaimSandboxFailed"))
+                .map(|e| {
+                    (
+                        e.regarding
+                            .as_ref()
+                            .and_then(|r| r.name.clone())
+                            .unwrap_or_default(),
+                        e.note.clone().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            if failed
+                .iter()
+                .any(|(claim, note)| claim == "drop" && note.ends_with("deleted"))
+            {
+                Ok(())
+            } else {
+                Err(format!("{failed:?}"))
+            }
+        },
+    )
+    .await;
+    // Neither claim counts a failed sandbox.
+    for name in ["keep", "drop"] {
+        let c = claims.get(name).await.unwrap();
+        let counted = c.status.as_ref().map_or(0, |s| s.claimed_replicas);
+        assert_eq!(counted, 0, "{name}: {:?}", c.status);
+        assert_ne!(
+            c.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Completed"),
+            "{name} keeps claiming"
+        );
+    }
+    let reserved_by_drop = env
+        .sandboxes("agents.kruise.io/claim-name=drop,agents.kruise.io/reserved-failed-sandbox=true")
+        .await;
+    assert!(
+        reserved_by_drop.is_empty(),
+        "drop reserves nothing: {:?}",
+        reserved_by_drop
+            .iter()
+            .map(|s| s.name_any())
+            .collect::<Vec<_>>()
+    );
+}
+
 fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");

@@ -97,6 +97,41 @@ enum Outcome {
     Claimed,
     Created,
     NoStock,
+    /// Taken, but its runtime could not be initialised; reserved or deleted, not counted.
+    Failed,
+}
+
+/// Upstream's `clearFailedSandbox`: a sandbox that failed after it was taken is either kept for
+/// inspection (`reserveFailedSandbox`: label `reserved-failed-sandbox=true`, no longer counted by
+/// the claim) or deleted. Either way the claim takes another one.
+async fn clear_failed_sandbox(
+    ctx: &Context,
+    sandboxes: &Api<Sandbox>,
+    sbx: &Sandbox,
+    reserve: bool,
+) -> std::result::Result<(), kube::Error> {
+    let name = sbx.name_any();
+    let res = if reserve {
+        let patch = json!({"metadata": {"labels": {LABEL_RESERVED_FAILED_SANDBOX: "true"}}});
+        sandboxes
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map(|updated| {
+                ctx.wrote(
+                    updated.metadata.uid.as_deref(),
+                    updated.metadata.resource_version.as_deref(),
+                );
+            })
+    } else {
+        sandboxes
+            .delete(&name, &DeleteParams::default())
+            .await
+            .map(|_| ())
+    };
+    match res {
+        Err(e) if is_status(&e, 404) => Ok(()),
+        other => other,
+    }
 }
 
 async fn reconcile_inner(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<Action> {
@@ -269,6 +304,7 @@ async fn claim_from(
     let next = AtomicUsize::new(0);
     let init_wanted = !claim.spec.skip_init_runtime.unwrap_or(false) && wants_init(set);
     let create_on_no_stock = claim.spec.create_on_no_stock.unwrap_or(true);
+    let reserve_failed = claim.spec.reserve_failed_sandbox.unwrap_or(false);
     let ns = claim.namespace().unwrap_or_default();
 
     let attempt = |_: usize| {
@@ -314,6 +350,29 @@ async fn claim_from(
                             updated.metadata.uid.as_deref(),
                             updated.metadata.resource_version.as_deref(),
                         );
+                        // Like upstream, the runtime is initialised as part of the take, so a
+                        // sandbox whose runtime refuses is never counted. (The Sandbox
+                        // reconciler replays the same request once it sees the claim; the
+                        // runtime accepts a repeated /init.)
+                        if id.init.is_some()
+                            && let Err(e) = super::sandbox::init_runtime(ctx, &updated).await
+                        {
+                            ctx.metrics.claim("init_failed");
+                            clear_failed_sandbox(ctx, sandboxes, &updated, reserve_failed).await?;
+                            let what = if reserve_failed {
+                                "reserved"
+                            } else {
+                                "deleted"
+                            };
+                            ctx.event(
+                                &claim.object_ref(&()),
+                                true,
+                                "ClaimSandboxFailed",
+                                &format!("sandbox {name}: runtime init failed ({e}); {what}"),
+                            )
+                            .await;
+                            return Ok(Outcome::Failed);
+                        }
                         ctx.metrics.claim("claimed");
                         return Ok(Outcome::Claimed);
                     }

@@ -86,7 +86,7 @@ async fn injection_data(
 }
 
 /// POSTs the stored `/init` request to the sandbox's runtime. 401 counts as already initialised.
-async fn init_runtime(ctx: &Context, sbx: &Sandbox) -> Result<()> {
+pub(crate) async fn init_runtime(ctx: &Context, sbx: &Sandbox) -> Result<()> {
     let ann = sbx.annotations();
     let body = ann
         .get(ANNOTATION_INIT_RUNTIME_REQUEST)
