@@ -588,12 +588,25 @@ async fn sandboxes_whose_runtime_refuses_init_are_reserved_or_deleted_and_not_co
         .create(&PostParams::default(), &set)
         .await
         .unwrap();
+    // The same runtime in a set with no pool: the claim creates its sandbox, waits for it to be
+    // Ready and initialises it inline.
+    let mut empty = set.clone();
+    empty.metadata.name = Some("refuse-empty".into());
+    empty.spec.replicas = 0;
+    env.api::<SandboxSet>()
+        .create(&PostParams::default(), &empty)
+        .await
+        .unwrap();
     let claims = env.api::<SandboxClaim>();
-    for (name, reserve) in [("keep", true), ("drop", false)] {
+    for (name, set, reserve, create) in [
+        ("keep", "refuse", true, false),
+        ("drop", "refuse", false, false),
+        ("fresh", "refuse-empty", true, true),
+    ] {
         let claim: SandboxClaim = serde_json::from_value(json!({
             "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxClaim", "metadata": {"name": name},
-            "spec": {"templateName": "refuse", "reserveFailedSandbox": reserve,
-                     "createOnNoStock": false, "claimTimeout": "600s"}
+            "spec": {"templateName": set, "reserveFailedSandbox": reserve,
+                     "createOnNoStock": create, "claimTimeout": "600s"}
         }))
         .unwrap();
         claims.create(&PostParams::default(), &claim).await.unwrap();
@@ -651,8 +664,21 @@ async fn sandboxes_whose_runtime_refuses_init_are_reserved_or_deleted_and_not_co
         },
     )
     .await;
-    // Neither claim counts a failed sandbox.
-    for name in ["keep", "drop"] {
+    env.eventually(
+        "a reserved sandbox the claim created",
+        Duration::from_secs(60),
+        || async {
+            let l = env
+                .sandboxes("agents.kruise.io/claim-name=fresh,agents.kruise.io/reserved-failed-sandbox=true")
+                .await;
+            l.into_iter()
+                .next()
+                .ok_or_else(|| "none reserved yet".to_string())
+        },
+    )
+    .await;
+    // No claim counts a failed sandbox.
+    for name in ["keep", "drop", "fresh"] {
         let c = claims.get(name).await.unwrap();
         let counted = c.status.as_ref().map_or(0, |s| s.claimed_replicas);
         assert_eq!(counted, 0, "{name}: {:?}", c.status);

@@ -13,6 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
+use sandbox_api::duration::parse_go_duration;
 use sandbox_api::keys::*;
 use sandbox_api::state::{SandboxState, sandbox_state};
 use sandbox_api::{Sandbox, SandboxClaim, SandboxClaimStatus, SandboxSet};
@@ -99,6 +100,70 @@ enum Outcome {
     NoStock,
     /// Taken, but its runtime could not be initialised; reserved or deleted, not counted.
     Failed,
+}
+
+/// Clears a sandbox that failed after the take, records why on the claim, and reports the
+/// attempt as failed (not counted).
+async fn fail_taken(
+    ctx: &Context,
+    sandboxes: &Api<Sandbox>,
+    claim: &SandboxClaim,
+    sbx: &Sandbox,
+    reserve: bool,
+    why: &str,
+) -> std::result::Result<Outcome, kube::Error> {
+    ctx.metrics.claim("init_failed");
+    clear_failed_sandbox(ctx, sandboxes, sbx, reserve).await?;
+    let what = if reserve { "reserved" } else { "deleted" };
+    ctx.event(
+        &claim.object_ref(&()),
+        true,
+        "ClaimSandboxFailed",
+        &format!("sandbox {}: {why}; {what}", sbx.name_any()),
+    )
+    .await;
+    Ok(Outcome::Failed)
+}
+
+/// Waits until a sandbox the claim created is Running and Ready with a pod IP, for at most
+/// `timeout`; fails early if it is deleted or its phase is terminal.
+async fn wait_ready(
+    sandboxes: &Api<Sandbox>,
+    name: &str,
+    timeout: Duration,
+) -> std::result::Result<Sandbox, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match sandboxes.get_opt(name).await {
+            Ok(Some(s)) => {
+                if s.metadata.deletion_timestamp.is_some() {
+                    return Err("sandbox is being deleted".into());
+                }
+                let st = s.status.as_ref();
+                let phase = st.and_then(|st| st.phase.as_deref());
+                if matches!(phase, Some("Failed" | "Succeeded")) {
+                    return Err(format!("sandbox ended {}", phase.unwrap_or_default()));
+                }
+                let ready = st.is_some_and(|st| {
+                    crate::conditions::is_true(&st.conditions, "Ready")
+                        && st
+                            .pod_info
+                            .as_ref()
+                            .and_then(|p| p.pod_ip.as_deref())
+                            .is_some_and(|ip| !ip.is_empty())
+                });
+                if phase == Some("Running") && ready {
+                    return Ok(s);
+                }
+            }
+            Ok(None) => return Err("sandbox disappeared".into()),
+            Err(e) => tracing::debug!(sandbox = name, error = %e, "waiting for a created sandbox"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("not ready within waitReadyTimeout ({timeout:?})"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Upstream's `clearFailedSandbox`: a sandbox that failed after it was taken is either kept for
@@ -305,6 +370,13 @@ async fn claim_from(
     let init_wanted = !claim.spec.skip_init_runtime.unwrap_or(false) && wants_init(set);
     let create_on_no_stock = claim.spec.create_on_no_stock.unwrap_or(true);
     let reserve_failed = claim.spec.reserve_failed_sandbox.unwrap_or(false);
+    let wait_ready_timeout = claim
+        .spec
+        .wait_ready_timeout
+        .as_deref()
+        .and_then(|d| parse_go_duration(d).ok())
+        .filter(|d| !d.is_negative())
+        .map_or(Duration::from_secs(30), |d| d.magnitude);
     let ns = claim.namespace().unwrap_or_default();
 
     let attempt = |_: usize| {
@@ -357,21 +429,16 @@ async fn claim_from(
                         if id.init.is_some()
                             && let Err(e) = super::sandbox::init_runtime(ctx, &updated).await
                         {
-                            ctx.metrics.claim("init_failed");
-                            clear_failed_sandbox(ctx, sandboxes, &updated, reserve_failed).await?;
-                            let what = if reserve_failed {
-                                "reserved"
-                            } else {
-                                "deleted"
-                            };
-                            ctx.event(
-                                &claim.object_ref(&()),
-                                true,
-                                "ClaimSandboxFailed",
-                                &format!("sandbox {name}: runtime init failed ({e}); {what}"),
+                            let why = format!("runtime init failed ({e})");
+                            return fail_taken(
+                                ctx,
+                                sandboxes,
+                                claim,
+                                &updated,
+                                reserve_failed,
+                                &why,
                             )
                             .await;
-                            return Ok(Outcome::Failed);
                         }
                         ctx.metrics.claim("claimed");
                         return Ok(Outcome::Claimed);
@@ -399,9 +466,23 @@ async fn claim_from(
                 pause_strategy: set.spec.pause_strategy.as_ref(),
             });
             let fresh = claim_new_sandbox(new_sandbox_from_set(set, &revision), &id);
-            sandboxes.create(&PostParams::default(), &fresh).await?;
-            ctx.metrics.claim("created");
+            let created = sandboxes.create(&PostParams::default(), &fresh).await?;
             ctx.metrics.sandboxes_created.inc();
+            if id.init.is_some() {
+                // Upstream waits for a created sandbox inline (≤ waitReadyTimeout) and then
+                // initialises it; a failure clears it like a failed pool sandbox.
+                let result =
+                    match wait_ready(sandboxes, &created.name_any(), wait_ready_timeout).await {
+                        Ok(ready) => super::sandbox::init_runtime(ctx, &ready)
+                            .await
+                            .map_err(|e| format!("runtime init failed ({e})")),
+                        Err(why) => Err(why),
+                    };
+                if let Err(why) = result {
+                    return fail_taken(ctx, sandboxes, claim, &created, reserve_failed, &why).await;
+                }
+            }
+            ctx.metrics.claim("created");
             Ok(Outcome::Created)
         }
     };
