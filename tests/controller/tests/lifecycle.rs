@@ -597,6 +597,31 @@ async fn sandboxes_whose_runtime_refuses_init_are_reserved_or_deleted_and_not_co
         .create(&PostParams::default(), &empty)
         .await
         .unwrap();
+    // A set whose container exits at once: the claim's new sandbox never gets Ready and the wait
+    // gives up as soon as the container is seen failing to start, long before waitReadyTimeout.
+    let mut crash = set.clone();
+    crash.metadata.name = Some("crash".into());
+    crash.spec.replicas = 0;
+    if let Some(t) = crash.spec.template.as_mut() {
+        t.metadata.get_or_insert_default().annotations = Some(BTreeMap::from([(
+            kube_harness::COMMAND_ANNOTATION.to_string(),
+            r#"["python3", "-c", "raise SystemExit(3)"]"#.to_string(),
+        )]));
+    }
+    env.api::<SandboxSet>()
+        .create(&PostParams::default(), &crash)
+        .await
+        .unwrap();
+    let crashy: SandboxClaim = serde_json::from_value(json!({
+        "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxClaim", "metadata": {"name": "crashy"},
+        "spec": {"templateName": "crash", "reserveFailedSandbox": true, "waitReadyTimeout": "300s",
+                 "claimTimeout": "600s"}
+    }))
+    .unwrap();
+    env.api::<SandboxClaim>()
+        .create(&PostParams::default(), &crashy)
+        .await
+        .unwrap();
     let claims = env.api::<SandboxClaim>();
     for (name, set, reserve, create) in [
         ("keep", "refuse", true, false),
@@ -677,8 +702,21 @@ async fn sandboxes_whose_runtime_refuses_init_are_reserved_or_deleted_and_not_co
         },
     )
     .await;
+    env.eventually(
+        "a crashing sandbox reserved before waitReadyTimeout",
+        Duration::from_secs(90),
+        || async {
+            let l = env
+                .sandboxes("agents.kruise.io/claim-name=crashy,agents.kruise.io/reserved-failed-sandbox=true")
+                .await;
+            l.into_iter()
+                .next()
+                .ok_or_else(|| "none reserved yet".to_string())
+        },
+    )
+    .await;
     // No claim counts a failed sandbox.
-    for name in ["keep", "drop", "fresh"] {
+    for name in ["keep", "drop", "fresh", "crashy"] {
         let c = claims.get(name).await.unwrap();
         let counted = c.status.as_ref().map_or(0, |s| s.claimed_replicas);
         assert_eq!(counted, 0, "{name}: {:?}", c.status);

@@ -16,6 +16,7 @@ use kube::{Resource, ResourceExt};
 use sandbox_api::duration::parse_go_duration;
 use sandbox_api::keys::*;
 use sandbox_api::state::{SandboxState, sandbox_state};
+use sandbox_api::types::condition;
 use sandbox_api::{Sandbox, SandboxClaim, SandboxClaimStatus, SandboxSet};
 use serde_json::json;
 
@@ -125,8 +126,9 @@ async fn fail_taken(
     Ok(Outcome::Failed)
 }
 
-/// Waits until a sandbox the claim created is Running and Ready with a pod IP, for at most
-/// `timeout`; fails early if it is deleted or its phase is terminal.
+/// Waits until a sandbox the claim created is observed at its generation, Running and Ready with
+/// a pod IP, for at most `timeout`; fails early if it is deleted, its phase is terminal or a
+/// container cannot start (`Ready=False/StartContainerFailed`).
 async fn wait_ready(
     sandboxes: &Api<Sandbox>,
     name: &str,
@@ -144,6 +146,19 @@ async fn wait_ready(
                 if matches!(phase, Some("Failed" | "Succeeded")) {
                     return Err(format!("sandbox ended {}", phase.unwrap_or_default()));
                 }
+                if let Some(c) = st.and_then(|st| {
+                    st.conditions.iter().find(|c| {
+                        c.type_ == condition::READY
+                            && c.status == "False"
+                            && c.reason.as_deref() == Some(condition::REASON_START_CONTAINER_FAILED)
+                    })
+                }) {
+                    return Err(format!(
+                        "a container cannot start: {}",
+                        c.message.as_deref().unwrap_or_default()
+                    ));
+                }
+                let observed = st.and_then(|st| st.observed_generation) == s.metadata.generation;
                 let ready = st.is_some_and(|st| {
                     crate::conditions::is_true(&st.conditions, "Ready")
                         && st
@@ -152,7 +167,7 @@ async fn wait_ready(
                             .and_then(|p| p.pod_ip.as_deref())
                             .is_some_and(|ip| !ip.is_empty())
                 });
-                if phase == Some("Running") && ready {
+                if observed && phase == Some("Running") && ready {
                     return Ok(s);
                 }
             }
@@ -468,19 +483,18 @@ async fn claim_from(
             let fresh = claim_new_sandbox(new_sandbox_from_set(set, &revision), &id);
             let created = sandboxes.create(&PostParams::default(), &fresh).await?;
             ctx.metrics.sandboxes_created.inc();
-            if id.init.is_some() {
-                // Upstream waits for a created sandbox inline (≤ waitReadyTimeout) and then
-                // initialises it; a failure clears it like a failed pool sandbox.
-                let result =
-                    match wait_ready(sandboxes, &created.name_any(), wait_ready_timeout).await {
-                        Ok(ready) => super::sandbox::init_runtime(ctx, &ready)
-                            .await
-                            .map_err(|e| format!("runtime init failed ({e})")),
-                        Err(why) => Err(why),
-                    };
-                if let Err(why) = result {
-                    return fail_taken(ctx, sandboxes, claim, &created, reserve_failed, &why).await;
-                }
+            // Like upstream, a created sandbox is waited for inline (≤ waitReadyTimeout) and
+            // then initialised; a failure clears it like a failed pool sandbox.
+            let result = match wait_ready(sandboxes, &created.name_any(), wait_ready_timeout).await
+            {
+                Ok(ready) if id.init.is_some() => super::sandbox::init_runtime(ctx, &ready)
+                    .await
+                    .map_err(|e| format!("runtime init failed ({e})")),
+                Ok(_) => Ok(()),
+                Err(why) => Err(why),
+            };
+            if let Err(why) = result {
+                return fail_taken(ctx, sandboxes, claim, &created, reserve_failed, &why).await;
             }
             ctx.metrics.claim("created");
             Ok(Outcome::Created)
