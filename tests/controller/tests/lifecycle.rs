@@ -555,6 +555,26 @@ async fn claim_env_vars_reach_the_runtime_through_init() {
     );
 }
 
+fn reserved_selector(claim: &str) -> String {
+    format!("agents.kruise.io/claim-name={claim},agents.kruise.io/reserved-failed-sandbox=true")
+}
+
+/// The first sandbox `claim` reserved as failed, waited for.
+async fn reserved_for(env: &Env, claim: &str, timeout: Duration) -> Sandbox {
+    env.eventually(
+        &format!("a sandbox reserved as failed by {claim}"),
+        timeout,
+        || async {
+            env.sandboxes(&reserved_selector(claim))
+                .await
+                .into_iter()
+                .next()
+                .ok_or_else(|| "none reserved yet".to_string())
+        },
+    )
+    .await
+}
+
 /// A runtime that refuses `/init` (400), for the failed-claim paths.
 const INIT_REFUSER: &str = r#"
 import http.server, sys
@@ -639,16 +659,7 @@ async fn sandboxes_whose_runtime_refuses_init_are_reserved_or_deleted_and_not_co
     let keep_uid = claims.get("keep").await.unwrap().uid().unwrap();
 
     // reserveFailedSandbox: the sandbox stays, labelled and still owned, but is not counted.
-    let reserved = env
-        .eventually("a reserved failed sandbox", Duration::from_secs(60), || async {
-            let l = env
-                .sandboxes("agents.kruise.io/claim-name=keep,agents.kruise.io/reserved-failed-sandbox=true")
-                .await;
-            l.into_iter()
-                .next()
-                .ok_or_else(|| "none reserved yet".to_string())
-        })
-        .await;
+    let reserved = reserved_for(&env, "keep", Duration::from_secs(60)).await;
     assert_eq!(
         reserved.annotations().get(ANNOTATION_OWNER),
         Some(&keep_uid),
@@ -689,32 +700,9 @@ async fn sandboxes_whose_runtime_refuses_init_are_reserved_or_deleted_and_not_co
         },
     )
     .await;
-    env.eventually(
-        "a reserved sandbox the claim created",
-        Duration::from_secs(60),
-        || async {
-            let l = env
-                .sandboxes("agents.kruise.io/claim-name=fresh,agents.kruise.io/reserved-failed-sandbox=true")
-                .await;
-            l.into_iter()
-                .next()
-                .ok_or_else(|| "none reserved yet".to_string())
-        },
-    )
-    .await;
-    env.eventually(
-        "a crashing sandbox reserved before waitReadyTimeout",
-        Duration::from_secs(90),
-        || async {
-            let l = env
-                .sandboxes("agents.kruise.io/claim-name=crashy,agents.kruise.io/reserved-failed-sandbox=true")
-                .await;
-            l.into_iter()
-                .next()
-                .ok_or_else(|| "none reserved yet".to_string())
-        },
-    )
-    .await;
+    // A sandbox the claim created; a crashing one well before waitReadyTimeout (300 s).
+    reserved_for(&env, "fresh", Duration::from_secs(60)).await;
+    reserved_for(&env, "crashy", Duration::from_secs(90)).await;
     // No claim counts a failed sandbox.
     for name in ["keep", "drop", "fresh", "crashy"] {
         let c = claims.get(name).await.unwrap();
@@ -726,9 +714,7 @@ async fn sandboxes_whose_runtime_refuses_init_are_reserved_or_deleted_and_not_co
             "{name} keeps claiming"
         );
     }
-    let reserved_by_drop = env
-        .sandboxes("agents.kruise.io/claim-name=drop,agents.kruise.io/reserved-failed-sandbox=true")
-        .await;
+    let reserved_by_drop = env.sandboxes(&reserved_selector("drop")).await;
     assert!(
         reserved_by_drop.is_empty(),
         "drop reserves nothing: {:?}",
