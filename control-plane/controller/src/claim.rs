@@ -12,7 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use sandbox_api::duration::parse_go_duration;
 use sandbox_api::keys::*;
 use sandbox_api::state::{SandboxState, sandbox_state};
-use sandbox_api::types::claim_phase;
+use sandbox_api::types::{claim_phase, condition, phase as sandbox_phase};
 use sandbox_api::{Sandbox, SandboxClaim, SandboxClaimStatus};
 use serde_json::{Value, json};
 
@@ -359,6 +359,50 @@ pub fn claim_progress(
     (st, ClaimStep::Claim(remaining.min(50)))
 }
 
+/// How long a claim waits for a sandbox it created (`waitReadyTimeout`, default 30 s).
+pub fn wait_ready_timeout(claim: &SandboxClaim) -> Duration {
+    const DEFAULT: Duration = Duration::from_secs(30);
+    match parse_or(claim.spec.wait_ready_timeout.as_deref(), DEFAULT) {
+        (true, _) => DEFAULT,
+        (false, d) => d,
+    }
+}
+
+/// Where a sandbox the claim created stands: `Ok(true)` observed at its generation, Running and
+/// Ready with a pod IP; `Ok(false)` not yet; `Err` it will not get there (deleted, terminal phase,
+/// or `Ready=False/StartContainerFailed`).
+pub fn created_sandbox_ready(s: &Sandbox) -> Result<bool, String> {
+    if s.metadata.deletion_timestamp.is_some() {
+        return Err("sandbox is being deleted".into());
+    }
+    let Some(st) = s.status.as_ref() else {
+        return Ok(false);
+    };
+    let phase = st.phase.as_deref();
+    if let Some(p @ (sandbox_phase::FAILED | sandbox_phase::SUCCEEDED)) = phase {
+        return Err(format!("sandbox ended {p}"));
+    }
+    if let Some(c) = st.conditions.iter().find(|c| {
+        c.type_ == condition::READY
+            && c.status == "False"
+            && c.reason.as_deref() == Some(condition::REASON_START_CONTAINER_FAILED)
+    }) {
+        return Err(format!(
+            "a container cannot start: {}",
+            c.message.as_deref().unwrap_or_default()
+        ));
+    }
+    let has_ip = st
+        .pod_info
+        .as_ref()
+        .and_then(|p| p.pod_ip.as_deref())
+        .is_some_and(|ip| !ip.is_empty());
+    Ok(st.observed_generation == s.metadata.generation
+        && phase == Some(sandbox_phase::RUNNING)
+        && conditions::is_true(&st.conditions, condition::READY)
+        && has_ip)
+}
+
 /// Completed status for a claim whose SandboxSet does not exist.
 pub fn set_not_found(claim: &SandboxClaim, now: Timestamp) -> SandboxClaimStatus {
     let mut st = claim.status.clone().unwrap_or_default();
@@ -414,6 +458,52 @@ mod tests {
             ..Default::default()
         });
         s
+    }
+
+    #[test]
+    fn created_sandbox_readiness_verdicts() {
+        let mut s = pool_sbx("n", "h", true, false);
+        s.metadata.generation = Some(2);
+        s.status.as_mut().unwrap().observed_generation = Some(2);
+        assert_eq!(created_sandbox_ready(&s), Ok(true));
+        // Not yet: an older generation observed, not Ready, no IP, still Pending.
+        let mut stale = s.clone();
+        stale.status.as_mut().unwrap().observed_generation = Some(1);
+        assert_eq!(created_sandbox_ready(&stale), Ok(false));
+        let mut unready = pool_sbx("n", "h", false, false);
+        unready.status.as_mut().unwrap().observed_generation = None;
+        assert_eq!(created_sandbox_ready(&unready), Ok(false));
+        let mut no_ip = s.clone();
+        no_ip.status.as_mut().unwrap().pod_info = None;
+        assert_eq!(created_sandbox_ready(&no_ip), Ok(false));
+        let mut pending = s.clone();
+        pending.status.as_mut().unwrap().phase = Some("Pending".into());
+        assert_eq!(created_sandbox_ready(&pending), Ok(false));
+        // Never: terminal, deleting, or a container that cannot start.
+        let mut failed = s.clone();
+        failed.status.as_mut().unwrap().phase = Some("Failed".into());
+        assert!(created_sandbox_ready(&failed).is_err());
+        let mut deleting = s.clone();
+        deleting.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        assert!(created_sandbox_ready(&deleting).is_err());
+        let mut crashing = unready.clone();
+        let c = &mut crashing.status.as_mut().unwrap().conditions[0];
+        c.reason = Some("StartContainerFailed".into());
+        c.message = Some("back-off".into());
+        assert_eq!(
+            created_sandbox_ready(&crashing),
+            Err("a container cannot start: back-off".into())
+        );
+    }
+
+    #[test]
+    fn wait_ready_timeout_defaults_to_30s() {
+        let mut c = claim(1);
+        assert_eq!(wait_ready_timeout(&c), Duration::from_secs(30));
+        c.spec.wait_ready_timeout = Some("1m30s".into());
+        assert_eq!(wait_ready_timeout(&c), Duration::from_secs(90));
+        c.spec.wait_ready_timeout = Some("-5s".into());
+        assert_eq!(wait_ready_timeout(&c), Duration::from_secs(30));
     }
 
     fn claim(replicas: i32) -> SandboxClaim {

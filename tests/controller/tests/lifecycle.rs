@@ -470,6 +470,23 @@ async fn controller_killed_mid_way_converges_after_restart() {
     assert!(lease.spec.unwrap().holder_identity.is_some());
 }
 
+/// Creates a SandboxSet whose pods declare the runtime init container (so claims initialise
+/// them) and run `command` (JSON argv for the node simulator).
+async fn create_runtime_set(env: &Env, name: &str, replicas: i32, command: &str) {
+    let set: SandboxSet = serde_json::from_value(json!({
+        "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxSet", "metadata": {"name": name},
+        "spec": {"replicas": replicas, "template": {
+            "metadata": {"annotations": {kube_harness::COMMAND_ANNOTATION: command}},
+            "spec": {"initContainers": [{"name": "runtime", "image": "agent-runtime:test", "restartPolicy": "Always"}],
+                     "containers": [{"name": "main", "image": "python:3"}]}}}
+    }))
+    .unwrap();
+    env.api::<SandboxSet>()
+        .create(&PostParams::default(), &set)
+        .await
+        .unwrap();
+}
+
 /// A stand-in runtime for the pod process: records the body of `POST /init` in its work
 /// directory (the real agent-runtime is not built yet; the HTTP path is the same).
 const INIT_RECORDER: &str = r#"
@@ -500,17 +517,7 @@ async fn claim_env_vars_reach_the_runtime_through_init() {
         "{workdir}",
     ])
     .unwrap();
-    let set: SandboxSet = serde_json::from_value(json!({
-        "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxSet", "metadata": {"name": "rt"},
-        "spec": {"replicas": 1, "template": {
-            "metadata": {"annotations": {kube_harness::COMMAND_ANNOTATION: command}},
-            "spec": {"initContainers": [{"name": "runtime", "image": "agent-runtime:test", "restartPolicy": "Always"}],
-                     "containers": [{"name": "main", "image": "python:3"}]}}}
-    })).unwrap();
-    env.api::<SandboxSet>()
-        .create(&PostParams::default(), &set)
-        .await
-        .unwrap();
+    create_runtime_set(&env, "rt", 1, &command).await;
     let claim: SandboxClaim = serde_json::from_value(json!({
         "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxClaim", "metadata": {"name": "with-env"},
         "spec": {"templateName": "rt", "envVars": {"API_KEY": "sk-1", "DEBUG": "true"}}
@@ -596,42 +603,19 @@ async fn sandboxes_whose_runtime_refuses_init_are_reserved_or_deleted_and_not_co
     let env = Env::new("initfail").await;
     let command =
         serde_json::to_string(&["python3", "-c", INIT_REFUSER, "{ip}", "{port}"]).unwrap();
-    let set: SandboxSet = serde_json::from_value(json!({
-        "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxSet", "metadata": {"name": "refuse"},
-        "spec": {"replicas": 1, "template": {
-            "metadata": {"annotations": {kube_harness::COMMAND_ANNOTATION: command}},
-            "spec": {"initContainers": [{"name": "runtime", "image": "agent-runtime:test", "restartPolicy": "Always"}],
-                     "containers": [{"name": "main", "image": "python:3"}]}}}
-    }))
-    .unwrap();
-    env.api::<SandboxSet>()
-        .create(&PostParams::default(), &set)
-        .await
-        .unwrap();
+    create_runtime_set(&env, "refuse", 1, &command).await;
     // The same runtime in a set with no pool: the claim creates its sandbox, waits for it to be
     // Ready and initialises it inline.
-    let mut empty = set.clone();
-    empty.metadata.name = Some("refuse-empty".into());
-    empty.spec.replicas = 0;
-    env.api::<SandboxSet>()
-        .create(&PostParams::default(), &empty)
-        .await
-        .unwrap();
+    create_runtime_set(&env, "refuse-empty", 0, &command).await;
     // A set whose container exits at once: the claim's new sandbox never gets Ready and the wait
     // gives up as soon as the container is seen failing to start, long before waitReadyTimeout.
-    let mut crash = set.clone();
-    crash.metadata.name = Some("crash".into());
-    crash.spec.replicas = 0;
-    if let Some(t) = crash.spec.template.as_mut() {
-        t.metadata.get_or_insert_default().annotations = Some(BTreeMap::from([(
-            kube_harness::COMMAND_ANNOTATION.to_string(),
-            r#"["python3", "-c", "raise SystemExit(3)"]"#.to_string(),
-        )]));
-    }
-    env.api::<SandboxSet>()
-        .create(&PostParams::default(), &crash)
-        .await
-        .unwrap();
+    create_runtime_set(
+        &env,
+        "crash",
+        0,
+        r#"["python3", "-c", "raise SystemExit(3)"]"#,
+    )
+    .await;
     let crashy: SandboxClaim = serde_json::from_value(json!({
         "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxClaim", "metadata": {"name": "crashy"},
         "spec": {"templateName": "crash", "reserveFailedSandbox": true, "waitReadyTimeout": "300s",

@@ -13,16 +13,15 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
-use sandbox_api::duration::parse_go_duration;
 use sandbox_api::keys::*;
 use sandbox_api::state::{SandboxState, sandbox_state};
-use sandbox_api::types::condition;
 use sandbox_api::{Sandbox, SandboxClaim, SandboxClaimStatus, SandboxSet};
 use serde_json::json;
 
 use crate::claim::{
     ClaimIdentity, ClaimStep, InitRuntimeRequest, claim_new_sandbox, claim_patch, claim_progress,
-    owned_by_claim, pick_candidates, set_not_found, validate_claim_metadata,
+    created_sandbox_ready, owned_by_claim, pick_candidates, set_not_found, validate_claim_metadata,
+    wait_ready_timeout,
 };
 use crate::context::Context;
 use crate::error::{Result, is_status};
@@ -99,7 +98,8 @@ enum Outcome {
     Claimed,
     Created,
     NoStock,
-    /// Taken, but its runtime could not be initialised; reserved or deleted, not counted.
+    /// Taken, but it never got Ready or its runtime refused `/init`; reserved or deleted, not
+    /// counted.
     Failed,
 }
 
@@ -126,9 +126,8 @@ async fn fail_taken(
     Ok(Outcome::Failed)
 }
 
-/// Waits until a sandbox the claim created is observed at its generation, Running and Ready with
-/// a pod IP, for at most `timeout`; fails early if it is deleted, its phase is terminal or a
-/// container cannot start (`Ready=False/StartContainerFailed`).
+/// Waits (at most `timeout`) until a sandbox the claim created is ready to be handed over; see
+/// [`created_sandbox_ready`] for what ready and failed mean.
 async fn wait_ready(
     sandboxes: &Api<Sandbox>,
     name: &str,
@@ -138,36 +137,7 @@ async fn wait_ready(
     loop {
         match sandboxes.get_opt(name).await {
             Ok(Some(s)) => {
-                if s.metadata.deletion_timestamp.is_some() {
-                    return Err("sandbox is being deleted".into());
-                }
-                let st = s.status.as_ref();
-                let phase = st.and_then(|st| st.phase.as_deref());
-                if matches!(phase, Some("Failed" | "Succeeded")) {
-                    return Err(format!("sandbox ended {}", phase.unwrap_or_default()));
-                }
-                if let Some(c) = st.and_then(|st| {
-                    st.conditions.iter().find(|c| {
-                        c.type_ == condition::READY
-                            && c.status == "False"
-                            && c.reason.as_deref() == Some(condition::REASON_START_CONTAINER_FAILED)
-                    })
-                }) {
-                    return Err(format!(
-                        "a container cannot start: {}",
-                        c.message.as_deref().unwrap_or_default()
-                    ));
-                }
-                let observed = st.and_then(|st| st.observed_generation) == s.metadata.generation;
-                let ready = st.is_some_and(|st| {
-                    crate::conditions::is_true(&st.conditions, "Ready")
-                        && st
-                            .pod_info
-                            .as_ref()
-                            .and_then(|p| p.pod_ip.as_deref())
-                            .is_some_and(|ip| !ip.is_empty())
-                });
-                if observed && phase == Some("Running") && ready {
+                if created_sandbox_ready(&s)? {
                     return Ok(s);
                 }
             }
@@ -385,13 +355,7 @@ async fn claim_from(
     let init_wanted = !claim.spec.skip_init_runtime.unwrap_or(false) && wants_init(set);
     let create_on_no_stock = claim.spec.create_on_no_stock.unwrap_or(true);
     let reserve_failed = claim.spec.reserve_failed_sandbox.unwrap_or(false);
-    let wait_ready_timeout = claim
-        .spec
-        .wait_ready_timeout
-        .as_deref()
-        .and_then(|d| parse_go_duration(d).ok())
-        .filter(|d| !d.is_negative())
-        .map_or(Duration::from_secs(30), |d| d.magnitude);
+    let wait_ready_timeout = wait_ready_timeout(claim);
     let ns = claim.namespace().unwrap_or_default();
 
     let attempt = |_: usize| {
