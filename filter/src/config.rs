@@ -8,6 +8,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use sandbox_xds_wire::net::{IpPrefix, IpPrefixError};
+
+use crate::deny::DeniedUpstreams;
 use crate::identify::IdentifyConfig;
 use crate::route::{Route, RouteError, RouteSpec};
 use crate::xds_client::{XdsSource, default_node_id};
@@ -29,6 +32,12 @@ pub enum ConfigError {
         field: &'static str,
         what: &'static str,
         value: String,
+    },
+    #[error("denied_upstream_ips[{index}] {value:?}: {source}")]
+    DeniedUpstream {
+        index: usize,
+        value: String,
+        source: IpPrefixError,
     },
     #[error("{0} and {1} must differ")]
     SameHeader(&'static str, &'static str),
@@ -124,6 +133,10 @@ struct RawConfig {
     /// like the upstream gateway's `/readyz`). Empty turns it off.
     #[serde(default = "default_readiness_path")]
     readiness_path: String,
+    /// Addresses (`ip` or `ip/len`) the gateway never forwards to: where the platform itself
+    /// listens. The unspecified addresses are refused in any case.
+    #[serde(default)]
+    denied_upstream_ips: Vec<String>,
     /// Static routes; the table counts as synced once they are loaded.
     #[serde(default)]
     routes: Option<Vec<RouteSpec>>,
@@ -171,6 +184,8 @@ pub struct GatewayConfig {
     pub metadata_key: String,
     /// `None` when readiness answers are off.
     pub readiness_path: Option<String>,
+    /// Pod IPs a route may carry but the gateway never connects to.
+    pub denied_upstreams: DeniedUpstreams,
 }
 
 fn valid_header_name(s: &str) -> bool {
@@ -219,6 +234,23 @@ fn check_nonzero_port(field: &'static str, value: u16) -> Result<(), ConfigError
         });
     }
     Ok(())
+}
+
+fn parse_denied(entries: &[String]) -> Result<DeniedUpstreams, ConfigError> {
+    let prefixes = entries
+        .iter()
+        .enumerate()
+        .map(|(index, value)| {
+            value
+                .parse::<IpPrefix>()
+                .map_err(|source| ConfigError::DeniedUpstream {
+                    index,
+                    value: value.clone(),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(DeniedUpstreams::new(prefixes))
 }
 
 fn convert_routes(specs: Vec<RouteSpec>) -> Result<Vec<(String, Route)>, ConfigError> {
@@ -309,6 +341,8 @@ impl GatewayConfig {
             }
         }
 
+        let denied_upstreams = parse_denied(&raw.denied_upstream_ips)?;
+
         let sources = usize::from(raw.routes.is_some())
             + usize::from(raw.routes_file.is_some())
             + usize::from(raw.xds.is_some());
@@ -364,6 +398,7 @@ impl GatewayConfig {
             metadata_namespace: raw.metadata_namespace,
             metadata_key: raw.metadata_key,
             readiness_path: Some(raw.readiness_path).filter(|p| !p.is_empty()),
+            denied_upstreams,
         };
         Ok((config, routes))
     }
@@ -381,8 +416,24 @@ mod tests {
         assert_eq!(c.identify.default_port, 49983);
         assert_eq!(c.envd_port, 49983);
         assert_eq!(c.sandbox_cluster, "sandboxes");
+        assert!(c.denied_upstreams.prefixes().is_empty());
         let (_, routes) = GatewayConfig::parse(b"{}").unwrap();
         assert!(matches!(routes, RouteSource::None));
+    }
+
+    #[test]
+    fn denied_upstream_ips_are_parsed() {
+        let (c, _) = GatewayConfig::parse(
+            br#"{"denied_upstream_ips":["127.0.0.1","::1","169.254.0.0/16"]}"#,
+        )
+        .unwrap();
+        let shown: Vec<String> = c
+            .denied_upstreams
+            .prefixes()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["127.0.0.1/32", "::1/128", "169.254.0.0/16"]);
     }
 
     #[test]
@@ -445,6 +496,10 @@ mod tests {
             (br#"{"routes_file":"/nonexistent/routes.json"}"#, "cannot read routes_file"),
             (br#"{"routes":[{"id":"a"}]}"#, "missing field `namespace`"),
             (br#"{"routes":[{"id":"a","namespace":"n","name":"a","uid":"u","resourceVersion":"1","state":"sleeping"}]}"#, "field `routes[0].state`: unknown variant"),
+            (br#"{"denied_upstream_ips":"127.0.0.1"}"#, "field `denied_upstream_ips`: invalid type"),
+            (br#"{"denied_upstream_ips":["::1","localhost"]}"#, "denied_upstream_ips[1] \"localhost\": not an IP address"),
+            (br#"{"denied_upstream_ips":["127.0.0.1/8"]}"#, "bits set after the prefix length"),
+            (br#"{"denied_upstream_ips":["10.0.0.0/33"]}"#, "prefix length over 32"),
             (b"\xff", "not UTF-8"),
         ];
         for (input, expect) in cases {

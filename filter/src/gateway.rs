@@ -34,10 +34,12 @@ pub enum Outcome {
     InternalError,
     /// The module's readiness path was answered.
     Readiness,
+    /// The route's pod IP is a denied upstream address (`denied_upstream_ips`, unspecified).
+    UpstreamDenied,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 11] = [
         Outcome::Routed,
         Outcome::PassThrough,
         Outcome::BadRequest,
@@ -48,6 +50,7 @@ impl Outcome {
         Outcome::Forbidden,
         Outcome::InternalError,
         Outcome::Readiness,
+        Outcome::UpstreamDenied,
     ];
 
     /// Label value of the `outcome` tag.
@@ -63,6 +66,7 @@ impl Outcome {
             Outcome::Forbidden => "forbidden",
             Outcome::InternalError => "internal_error",
             Outcome::Readiness => "readiness",
+            Outcome::UpstreamDenied => "upstream_denied",
         }
     }
 }
@@ -170,6 +174,10 @@ pub const NOT_FOUND_MESSAGE: &str = "The sandbox was not found";
 pub const UNAUTHORIZED_MESSAGE: &str =
     "unauthorized access, please provide a valid access token or method signing if supported";
 pub const FORBIDDEN_MESSAGE: &str = "forbidden: invalid or missing traffic access token";
+/// A route naming an address the gateway never connects to. Still "was not found" for the SDK:
+/// the sandbox cannot be reached through this gateway, like one that does not exist.
+pub const UPSTREAM_DENIED_MESSAGE: &str =
+    "The sandbox was not found: its address is not allowed as an upstream by the gateway";
 pub const NOT_READY_MESSAGE: &str =
     "The sandbox gateway is not ready: its route table has not been synced yet";
 
@@ -194,6 +202,16 @@ pub fn not_running(id: &str, state: RouteState) -> LocalReply {
         &message,
         "sandbox_not_running",
         Outcome::NotRunning,
+    )
+}
+
+pub fn upstream_denied(id: &str) -> LocalReply {
+    sandbox_reply(
+        502,
+        id,
+        UPSTREAM_DENIED_MESSAGE,
+        "sandbox_upstream_denied",
+        Outcome::UpstreamDenied,
     )
 }
 
@@ -337,6 +355,10 @@ impl Gateway {
         let Some(ip) = route.ip else {
             return Decision::Reply(not_running(target.id, route.state));
         };
+        // Before the tokens: a route to where the platform listens is unusable for everyone.
+        if cfg.denied_upstreams.denies(ip) {
+            return Decision::Reply(upstream_denied(target.id));
+        }
         let mut strip_traffic_token = false;
         if target.port == cfg.envd_port {
             if route.flags.contains(RouteFlags::REQUIRE_ACCESS_TOKEN) {
@@ -507,6 +529,74 @@ mod tests {
             assert!(!r.body.contains("was not found"), "{}", r.body);
             assert!(r.body.contains(&format!("\"sandboxId\":\"{id}\"")));
         }
+    }
+
+    #[test]
+    fn denied_upstream_addresses_are_never_forwarded() {
+        let table = Arc::new(RouteTable::new());
+        let mut guarded = spec("admin", "127.0.0.1", "running");
+        guarded = with_tokens(guarded, Some("tok"), None);
+        table.replace_all(
+            [
+                guarded,
+                spec("mapped", "::ffff:127.0.0.1", "running"),
+                spec("six", "::1", "running"),
+                spec("any", "0.0.0.0", "running"),
+                spec("any6", "::", "running"),
+                spec("meta", "169.254.169.254", "running"),
+                spec("ok", "127.0.1.7", "running"),
+                spec("gone", "127.0.0.1", "dead"),
+            ]
+            .into_iter()
+            .map(|s| s.into_route().unwrap())
+            .collect(),
+        );
+        let config = br#"{"denied_upstream_ips":["127.0.0.1","::1","169.254.0.0/16"]}"#;
+        let g = Gateway::new(GatewayConfig::parse(config).unwrap().0, table.clone());
+        for id in ["admin", "mapped", "six", "any", "any6", "meta"] {
+            let r = reply(
+                &g,
+                &Req::new(&[("e2b-sandbox-id", id), ("e2b-sandbox-port", "9901")]),
+            );
+            assert_eq!(
+                (r.status, r.outcome, r.details),
+                (502, Outcome::UpstreamDenied, "sandbox_upstream_denied"),
+                "{id}"
+            );
+            assert_eq!(
+                r.body,
+                format!(
+                    r#"{{"sandboxId":"{id}","message":"{UPSTREAM_DENIED_MESSAGE}","code":502}}"#
+                )
+            );
+            assert!(
+                r.body.contains("was not found"),
+                "the SDK's not-running match"
+            );
+        }
+        // Refused before the token check: a valid token does not open it either.
+        let r = reply(
+            &g,
+            &Req::new(&[
+                ("e2b-sandbox-id", "admin"),
+                ("x-access-token", "tok"),
+                (":path", "/"),
+            ]),
+        );
+        assert_eq!(r.outcome, Outcome::UpstreamDenied);
+        // A dead route stays "not found"; another loopback address is a sandbox like any other.
+        assert_eq!(
+            reply(&g, &Req::new(&[("e2b-sandbox-id", "gone")])).outcome,
+            Outcome::NotFound
+        );
+        let r = &Req::new(&[("e2b-sandbox-id", "ok"), ("e2b-sandbox-port", "8080")]);
+        assert_eq!(forward(&g, r).0, "127.0.1.7:8080");
+        // Without a list only the unspecified addresses are refused.
+        let open = Gateway::new(GatewayConfig::parse(b"{}").unwrap().0, table);
+        let r = &Req::new(&[("e2b-sandbox-id", "six"), ("e2b-sandbox-port", "1")]);
+        assert_eq!(forward(&open, r).0, "[::1]:1");
+        let r = reply(&open, &Req::new(&[("e2b-sandbox-id", "any")]));
+        assert_eq!(r.outcome, Outcome::UpstreamDenied);
     }
 
     #[test]

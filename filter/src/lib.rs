@@ -8,11 +8,14 @@
 //! - [`identify`]: which sandbox and port a request names;
 //! - [`table`]: the lock-free route table shared by all workers;
 //! - [`xds_client`]: the background delta-xDS subscription that feeds the table;
+//! - [`deny`]: upstream addresses never connected to (where the platform itself listens);
 //! - [`route`] and [`config`]: the data model and the validated filter configuration.
 
 pub mod abi;
 #[forbid(unsafe_code)]
 pub mod config;
+#[forbid(unsafe_code)]
+pub mod deny;
 pub mod ffi;
 #[forbid(unsafe_code)]
 pub mod gateway;

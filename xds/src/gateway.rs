@@ -1,7 +1,9 @@
 //! The gateways' listeners and clusters, served over ADS (the gateway bootstrap holds only the
 //! ADS cluster and admin). They mirror `envoy/gateway.yaml`; the module's filter config points it
 //! at this server for its `SandboxRoute` subscription. Circuit breakers, timeouts and buffer
-//! limits come from [`GatewayResources`] (a YAML file, defaults = the installation guide's).
+//! limits come from [`GatewayResources`] (a YAML file, defaults = the installation guide's, and
+//! for client connections the limits a public edge proxy needs; a unit test keeps the defaults
+//! equal to `envoy/gateway.yaml`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,13 +16,17 @@ use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, circuit_breakers::Thresholds, cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    Address, Http1ProtocolOptions, HttpProtocolOptions as CoreHttpProtocolOptions, RoutingPriority,
-    SocketAddress, SubstitutionFormatString, address, socket_address, substitution_format_string,
+    Address, Http1ProtocolOptions, Http2ProtocolOptions,
+    HttpProtocolOptions as CoreHttpProtocolOptions, RoutingPriority, SocketAddress,
+    SubstitutionFormatString, address, http_protocol_options::HeadersWithUnderscoresAction,
+    socket_address, substitution_format_string,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
-use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, Listener, ListenerFilter, filter, listener_filter,
+};
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
     route_match,
@@ -31,6 +37,7 @@ use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
 use envoy_types::pb::envoy::extensions::dynamic_modules::v3::DynamicModuleConfig;
 use envoy_types::pb::envoy::extensions::filters::http::dynamic_modules::v3::DynamicModuleFilter;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter, LocalReplyConfig, ResponseMapper, http_connection_manager,
     http_filter,
@@ -41,6 +48,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::envoy::r#type::metadata::v3::{MetadataKey, metadata_key};
 use envoy_types::pb::google::protobuf::{Any, Duration, Struct, UInt32Value, Value, value};
 use prost::Message;
+use sandbox_xds_wire::net::IpPrefix;
 use serde::Deserialize;
 
 pub const LISTENER_TYPE_URL: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
@@ -67,6 +75,53 @@ impl Default for CircuitBreakerConfig {
     }
 }
 
+/// HTTP/2 limits of client connections (Envoy's defaults are 2^31-1 streams and 256 MiB windows).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Limits {
+    /// Streams one client connection may have open; clients open more connections beyond it
+    /// (the E2B SDK spreads its streams over as many as needed).
+    pub max_concurrent_streams: u32,
+    /// Bytes a client may send on one stream before Envoy acknowledges them; also the soft limit
+    /// of what Envoy buffers per stream. 1 MiB matches the per-connection buffer limit.
+    pub initial_stream_window_size: u32,
+    /// The same for the whole connection.
+    pub initial_connection_window_size: u32,
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Http2Limits {
+            max_concurrent_streams: 100,
+            initial_stream_window_size: 1 << 20,
+            initial_connection_window_size: 16 << 20,
+        }
+    }
+}
+
+/// What Envoy does with a client header whose name contains `_`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoreHeaders {
+    Allow,
+    /// Answer 400 (HTTP/1) or reset the stream (HTTP/2).
+    RejectRequest,
+    /// Remove the header before any filter sees it: frameworks that fold `-` and `_` together
+    /// (CGI, WSGI) can then never read a client's `x_access_token` as the checked header.
+    #[default]
+    DropHeader,
+}
+
+impl UnderscoreHeaders {
+    fn envoy(self) -> HeadersWithUnderscoresAction {
+        match self {
+            UnderscoreHeaders::Allow => HeadersWithUnderscoresAction::Allow,
+            UnderscoreHeaders::RejectRequest => HeadersWithUnderscoresAction::RejectRequest,
+            UnderscoreHeaders::DropHeader => HeadersWithUnderscoresAction::DropHeader,
+        }
+    }
+}
+
 /// What the server tells every gateway to run. YAML, every field optional.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -79,6 +134,24 @@ pub struct GatewayResources {
     /// Envoy's admin port on the gateways (the metrics listener proxies to it).
     pub admin_port: u16,
     pub stream_idle_timeout_secs: u64,
+    /// A client must start its first request within this time of connecting (else the
+    /// connection is closed), and send every request head whole within it (else 408 and close).
+    pub request_headers_timeout_secs: u64,
+    /// A client connection without any open stream is closed after this time; longer than the
+    /// E2B SDK's and browsers' 300 s keep-alive, so the client closes first.
+    pub downstream_idle_timeout_secs: u64,
+    /// HTTP/2 grace period between the first and the final GOAWAY when a connection drains.
+    pub drain_timeout_ms: u64,
+    /// How long Envoy waits for the client to close after Envoy closed (a local reply with
+    /// `connection: close`) before it closes the socket itself.
+    pub delayed_close_timeout_ms: u64,
+    pub max_request_headers_kb: u32,
+    pub max_headers_count: u32,
+    pub headers_with_underscores: UnderscoreHeaders,
+    pub http2: Http2Limits,
+    /// Pod IPs (`ip` or `ip/len`) the module never forwards to: where the platform listens
+    /// (the gateways' admin on 127.0.0.1) and the link-local metadata services.
+    pub denied_upstream_ips: Vec<String>,
     pub buffer_limit_bytes: u32,
     pub connect_timeout_ms: u64,
     pub upstream_idle_timeout_secs: u64,
@@ -101,6 +174,17 @@ impl Default for GatewayResources {
             metrics_port: 9902,
             admin_port: 9901,
             stream_idle_timeout_secs: 600,
+            request_headers_timeout_secs: 10,
+            downstream_idle_timeout_secs: 310,
+            drain_timeout_ms: 5000,
+            delayed_close_timeout_ms: 1000,
+            max_request_headers_kb: 60,
+            max_headers_count: 100,
+            headers_with_underscores: UnderscoreHeaders::default(),
+            http2: Http2Limits::default(),
+            denied_upstream_ips: ["127.0.0.1", "::1", "169.254.0.0/16", "fe80::/10"]
+                .map(String::from)
+                .to_vec(),
             buffer_limit_bytes: 1 << 20,
             connect_timeout_ms: 5000,
             upstream_idle_timeout_secs: 60,
@@ -246,15 +330,63 @@ fn access_log() -> AccessLog {
 }
 
 impl GatewayResources {
-    /// The module's filter config: the extra fields, the sandbox cluster, and the xDS source.
+    /// The module's filter config: the extra fields, the sandbox cluster, the denied upstream
+    /// addresses, and the xDS source.
     pub fn module_filter_config(&self) -> serde_json::Map<String, serde_json::Value> {
         let mut fc = self.filter_config.clone();
         fc.insert("sandbox_cluster".into(), "sandboxes".into());
+        fc.insert(
+            "denied_upstream_ips".into(),
+            self.denied_upstream_ips.clone().into(),
+        );
         fc.insert(
             "xds".into(),
             serde_json::json!({ "address": self.xds_address }),
         );
         fc
+    }
+
+    /// The client-connection settings of an HTTP connection manager: how long a client may take
+    /// to send a request head or keep an idle connection, and how much it may send.
+    fn downstream_limits(&self, hcm: HttpConnectionManager) -> HttpConnectionManager {
+        HttpConnectionManager {
+            request_headers_timeout: Some(secs(self.request_headers_timeout_secs)),
+            drain_timeout: Some(duration_ms(self.drain_timeout_ms)),
+            delayed_close_timeout: Some(duration_ms(self.delayed_close_timeout_ms)),
+            max_request_headers_kb: u32v(self.max_request_headers_kb),
+            common_http_protocol_options: Some(CoreHttpProtocolOptions {
+                idle_timeout: Some(secs(self.downstream_idle_timeout_secs)),
+                max_headers_count: u32v(self.max_headers_count),
+                headers_with_underscores_action: self.headers_with_underscores.envoy() as i32,
+                ..Default::default()
+            }),
+            http2_protocol_options: Some(Http2ProtocolOptions {
+                max_concurrent_streams: u32v(self.http2.max_concurrent_streams),
+                initial_stream_window_size: u32v(self.http2.initial_stream_window_size),
+                initial_connection_window_size: u32v(self.http2.initial_connection_window_size),
+                ..Default::default()
+            }),
+            ..hcm
+        }
+    }
+
+    /// A listener whose connections must send their first request line within the request-head
+    /// timeout: the HTTP inspector waits for the first bytes, and a connection whose inspection
+    /// times out is closed (`request_headers_timeout` only starts once bytes arrived).
+    fn first_bytes_guard(&self, listener: Listener) -> Listener {
+        Listener {
+            listener_filters: vec![ListenerFilter {
+                name: "envoy.filters.listener.http_inspector".into(),
+                config_type: Some(listener_filter::ConfigType::TypedConfig(any(
+                    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector",
+                    &HttpInspector::default(),
+                ))),
+                ..Default::default()
+            }],
+            listener_filters_timeout: Some(secs(self.request_headers_timeout_secs)),
+            continue_on_listener_filters_timeout: false,
+            ..listener
+        }
     }
 
     fn sandbox_listener(&self) -> Listener {
@@ -330,8 +462,10 @@ impl GatewayResources {
             }),
             ..Default::default()
         };
-        let hcm = HttpConnectionManager {
+        let hcm = self.downstream_limits(HttpConnectionManager {
             stat_prefix: "sandbox_gateway".into(),
+            // No request_timeout and no max_stream_duration: commands stream for hours. A stream
+            // that carries nothing for this long is dead (envd sends keepalives every 50 s).
             stream_idle_timeout: Some(secs(self.stream_idle_timeout_secs)),
             upgrade_configs: vec![http_connection_manager::UpgradeConfig {
                 upgrade_type: "websocket".into(),
@@ -351,8 +485,8 @@ impl GatewayResources {
             )),
             http_filters: vec![module, router()],
             ..Default::default()
-        };
-        Listener {
+        });
+        self.first_bytes_guard(Listener {
             name: "sandbox_gateway".into(),
             address: socket(&self.listen_address, self.listen_port),
             per_connection_buffer_limit_bytes: u32v(self.buffer_limit_bytes),
@@ -361,7 +495,7 @@ impl GatewayResources {
                 ..Default::default()
             }],
             ..Default::default()
-        }
+        })
     }
 
     fn metrics_listener(&self) -> Listener {
@@ -378,7 +512,7 @@ impl GatewayResources {
             })),
             ..Default::default()
         };
-        let hcm = HttpConnectionManager {
+        let hcm = self.downstream_limits(HttpConnectionManager {
             stat_prefix: "metrics".into(),
             route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
                 RouteConfiguration {
@@ -396,8 +530,8 @@ impl GatewayResources {
             )),
             http_filters: vec![router()],
             ..Default::default()
-        };
-        Listener {
+        });
+        self.first_bytes_guard(Listener {
             name: "metrics".into(),
             address: socket(&self.listen_address, self.metrics_port),
             filter_chains: vec![FilterChain {
@@ -405,7 +539,7 @@ impl GatewayResources {
                 ..Default::default()
             }],
             ..Default::default()
-        }
+        })
     }
 
     fn sandbox_cluster(&self) -> Cluster {
@@ -525,6 +659,56 @@ impl GatewayResources {
         if self.module_name.is_empty() {
             return Err("module_name must be set".into());
         }
+        for (field, v) in [
+            (
+                "request_headers_timeout_secs",
+                self.request_headers_timeout_secs,
+            ),
+            (
+                "downstream_idle_timeout_secs",
+                self.downstream_idle_timeout_secs,
+            ),
+            ("delayed_close_timeout_ms", self.delayed_close_timeout_ms),
+        ] {
+            // Envoy reads 0 as "no timeout": exactly the unbounded wait these exist to prevent.
+            if v == 0 {
+                return Err(format!(
+                    "{field} must be positive (0 would let a client hold a connection forever)"
+                ));
+            }
+        }
+        if !(1..=8192).contains(&self.max_request_headers_kb) {
+            return Err("max_request_headers_kb must be between 1 and 8192".into());
+        }
+        if self.max_headers_count == 0 {
+            return Err("max_headers_count must be positive".into());
+        }
+        let h2 = &self.http2;
+        if !(1..=i32::MAX as u32).contains(&h2.max_concurrent_streams) {
+            return Err("http2.max_concurrent_streams must be between 1 and 2^31-1".into());
+        }
+        for (field, v) in [
+            (
+                "http2.initial_stream_window_size",
+                h2.initial_stream_window_size,
+            ),
+            (
+                "http2.initial_connection_window_size",
+                h2.initial_connection_window_size,
+            ),
+        ] {
+            if !(65535..=i32::MAX as u32).contains(&v) {
+                return Err(format!("{field} must be between 65535 and 2^31-1"));
+            }
+        }
+        for (i, ip) in self.denied_upstream_ips.iter().enumerate() {
+            if let Err(e) = ip.parse::<IpPrefix>() {
+                return Err(format!("denied_upstream_ips[{i}] {ip:?}: {e}"));
+            }
+        }
+        if self.filter_config.contains_key("denied_upstream_ips") {
+            return Err("set denied_upstream_ips at the top level, not in filter_config".into());
+        }
         Ok(())
     }
 }
@@ -572,5 +756,238 @@ mod tests {
         assert_ne!(a[0].1, b[0].1, "changed breakers change the version");
         assert_eq!(a[1].1, b[1].1, "the admin cluster did not change");
         assert!(serde_yaml::from_str::<GatewayResources>("listen_prot: 1").is_err());
+    }
+
+    fn served_listener(g: &GatewayResources, listener: &str) -> Listener {
+        let (_, _, body) = g
+            .listeners()
+            .into_iter()
+            .find(|(n, _, _)| n == listener)
+            .expect("listener");
+        Listener::decode(&*body).unwrap()
+    }
+
+    fn served_hcm(g: &GatewayResources, listener: &str) -> HttpConnectionManager {
+        let l = served_listener(g, listener);
+        match &l.filter_chains[0].filters[0].config_type {
+            Some(filter::ConfigType::TypedConfig(any)) => {
+                HttpConnectionManager::decode(&*any.value).unwrap()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn client_connections_are_bounded_but_streams_are_not() {
+        let g: GatewayResources = serde_yaml::from_str(
+            "request_headers_timeout_secs: 1\nheaders_with_underscores: reject_request\nhttp2: {max_concurrent_streams: 7}",
+        )
+        .unwrap();
+        g.validate().unwrap();
+        for name in ["sandbox_gateway", "metrics"] {
+            let l = served_listener(&g, name);
+            assert_eq!(
+                l.listener_filters[0].name,
+                "envoy.filters.listener.http_inspector"
+            );
+            assert_eq!(l.listener_filters_timeout, Some(secs(1)));
+            assert!(!l.continue_on_listener_filters_timeout);
+            let hcm = served_hcm(&g, name);
+            assert_eq!(hcm.request_headers_timeout, Some(secs(1)), "{name}");
+            assert_eq!(hcm.drain_timeout, Some(duration_ms(5000)));
+            assert_eq!(hcm.delayed_close_timeout, Some(duration_ms(1000)));
+            assert_eq!(hcm.max_request_headers_kb, u32v(60));
+            let common = hcm.common_http_protocol_options.unwrap();
+            assert_eq!(common.idle_timeout, Some(secs(310)));
+            assert_eq!(common.max_headers_count, u32v(100));
+            assert_eq!(
+                common.headers_with_underscores_action,
+                HeadersWithUnderscoresAction::RejectRequest as i32
+            );
+            let h2 = hcm.http2_protocol_options.unwrap();
+            assert_eq!(h2.max_concurrent_streams, u32v(7));
+            assert_eq!(h2.initial_stream_window_size, u32v(1 << 20));
+            assert_eq!(h2.initial_connection_window_size, u32v(16 << 20));
+        }
+        let hcm = served_hcm(&g, "sandbox_gateway");
+        assert_eq!(hcm.stream_idle_timeout, Some(secs(600)));
+        assert_eq!(
+            hcm.request_timeout, None,
+            "long-running streams must not be cut"
+        );
+        assert_eq!(
+            hcm.common_http_protocol_options
+                .unwrap()
+                .max_stream_duration,
+            None
+        );
+        assert_eq!(hcm.upgrade_configs[0].upgrade_type, "websocket");
+    }
+
+    #[test]
+    fn denied_upstream_ips_reach_the_module() {
+        let g = GatewayResources::default();
+        assert_eq!(
+            g.module_filter_config()["denied_upstream_ips"],
+            serde_json::json!(["127.0.0.1", "::1", "169.254.0.0/16", "fe80::/10"])
+        );
+        let g: GatewayResources = serde_yaml::from_str("denied_upstream_ips: []").unwrap();
+        assert_eq!(
+            g.module_filter_config()["denied_upstream_ips"],
+            serde_json::json!([])
+        );
+    }
+
+    #[test]
+    fn validation_names_the_bad_field() {
+        for (yaml, expect) in [
+            (
+                "request_headers_timeout_secs: 0",
+                "request_headers_timeout_secs must be positive",
+            ),
+            (
+                "downstream_idle_timeout_secs: 0",
+                "downstream_idle_timeout_secs must be positive",
+            ),
+            (
+                "delayed_close_timeout_ms: 0",
+                "delayed_close_timeout_ms must be positive",
+            ),
+            ("max_request_headers_kb: 9000", "max_request_headers_kb"),
+            ("max_headers_count: 0", "max_headers_count"),
+            (
+                "http2: {max_concurrent_streams: 0}",
+                "http2.max_concurrent_streams",
+            ),
+            (
+                "http2: {initial_stream_window_size: 1024}",
+                "http2.initial_stream_window_size",
+            ),
+            (
+                "http2: {initial_connection_window_size: 4294967295}",
+                "http2.initial_connection_window_size",
+            ),
+            (
+                "denied_upstream_ips: [\"127.0.0.1/8\"]",
+                "denied_upstream_ips[0] \"127.0.0.1/8\"",
+            ),
+            (
+                "filter_config: {denied_upstream_ips: []}",
+                "at the top level",
+            ),
+        ] {
+            let g: GatewayResources = serde_yaml::from_str(yaml).unwrap();
+            let e = g.validate().unwrap_err();
+            assert!(e.contains(expect), "{yaml}: {e}");
+        }
+        assert!(
+            serde_yaml::from_str::<GatewayResources>("headers_with_underscores: keep").is_err()
+        );
+    }
+
+    /// `envoy/gateway.yaml` (the static bootstrap) and the served listener must not drift apart.
+    #[test]
+    fn defaults_equal_the_static_bootstrap() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/gateway.yaml");
+        let root: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let listener = root["static_resources"]["listeners"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == "sandbox_gateway")
+            .unwrap();
+        let hcm = &listener["filter_chains"][0]["filters"][0]["typed_config"];
+        let ms = |v: &serde_yaml::Value| -> u64 {
+            let s = v.as_str().unwrap_or_else(|| panic!("duration {v:?}"));
+            match s.strip_suffix("ms") {
+                Some(n) => n.parse().unwrap(),
+                None => s.strip_suffix('s').unwrap().parse::<u64>().unwrap() * 1000,
+            }
+        };
+        let num = |v: &serde_yaml::Value| v.as_u64().unwrap_or_else(|| panic!("number {v:?}"));
+        let g = GatewayResources::default();
+        assert_eq!(
+            ms(&hcm["stream_idle_timeout"]),
+            g.stream_idle_timeout_secs * 1000
+        );
+        assert_eq!(
+            ms(&hcm["request_headers_timeout"]),
+            g.request_headers_timeout_secs * 1000
+        );
+        assert_eq!(ms(&hcm["drain_timeout"]), g.drain_timeout_ms);
+        assert_eq!(
+            ms(&hcm["delayed_close_timeout"]),
+            g.delayed_close_timeout_ms
+        );
+        assert_eq!(
+            num(&hcm["max_request_headers_kb"]),
+            u64::from(g.max_request_headers_kb)
+        );
+        let common = &hcm["common_http_protocol_options"];
+        assert_eq!(
+            ms(&common["idle_timeout"]),
+            g.downstream_idle_timeout_secs * 1000
+        );
+        assert_eq!(
+            num(&common["max_headers_count"]),
+            u64::from(g.max_headers_count)
+        );
+        assert_eq!(
+            serde_yaml::from_value::<UnderscoreHeaders>(serde_yaml::Value::String(
+                common["headers_with_underscores_action"]
+                    .as_str()
+                    .unwrap()
+                    .to_ascii_lowercase()
+            ))
+            .unwrap(),
+            g.headers_with_underscores
+        );
+        let h2 = &hcm["http2_protocol_options"];
+        assert_eq!(
+            Http2Limits {
+                max_concurrent_streams: num(&h2["max_concurrent_streams"]) as u32,
+                initial_stream_window_size: num(&h2["initial_stream_window_size"]) as u32,
+                initial_connection_window_size: num(&h2["initial_connection_window_size"]) as u32,
+            },
+            g.http2
+        );
+        assert!(hcm.get("request_timeout").is_none());
+        assert_eq!(
+            ms(&listener["listener_filters_timeout"]),
+            g.request_headers_timeout_secs * 1000
+        );
+        assert_eq!(
+            listener["continue_on_listener_filters_timeout"],
+            serde_yaml::Value::Bool(false)
+        );
+        assert_eq!(
+            num(&listener["per_connection_buffer_limit_bytes"]),
+            u64::from(g.buffer_limit_bytes)
+        );
+        let module = &hcm["http_filters"][0]["typed_config"]["filter_config"]["value"];
+        let denied: Vec<String> =
+            serde_yaml::from_value(module["denied_upstream_ips"].clone()).unwrap();
+        assert_eq!(denied, g.denied_upstream_ips);
+        // The metrics listener has the same client limits.
+        let metrics = root["static_resources"]["listeners"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == "metrics")
+            .unwrap();
+        let mhcm = &metrics["filter_chains"][0]["filters"][0]["typed_config"];
+        assert_eq!(
+            ms(&metrics["listener_filters_timeout"]),
+            g.request_headers_timeout_secs * 1000
+        );
+        assert_eq!(
+            ms(&mhcm["request_headers_timeout"]),
+            g.request_headers_timeout_secs * 1000
+        );
+        assert_eq!(
+            ms(&mhcm["common_http_protocol_options"]["idle_timeout"]),
+            g.downstream_idle_timeout_secs * 1000
+        );
     }
 }

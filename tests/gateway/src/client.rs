@@ -1,6 +1,6 @@
 //! A minimal blocking HTTP/1.1 client over `TcpStream`, so tests control every byte sent.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -131,6 +131,38 @@ pub fn read_response(
         }
     }
     Ok(resp)
+}
+
+/// Sends `raw` on a fresh connection and reads until the gateway closes it (EOF or reset).
+/// Returns what arrived, or `None` if the connection is still open after `bound`: a test of a
+/// timeout gives a generous bound and waits for the close, never for a fixed time.
+pub fn read_until_closed(addr: SocketAddr, raw: &[u8], bound: Duration) -> Option<Vec<u8>> {
+    let deadline = std::time::Instant::now() + bound;
+    let mut s = TcpStream::connect(addr).expect("connect to the gateway");
+    s.write_all(raw).expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        s.set_read_timeout(Some(left)).expect("read timeout");
+        match s.read(&mut buf) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None;
+            }
+            // A reset is a close too (Envoy resets when it closes with unread input).
+            Err(_) => return Some(got),
+        }
+    }
 }
 
 /// Sends raw request bytes on a fresh connection and reads one response.

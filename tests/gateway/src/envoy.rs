@@ -59,12 +59,24 @@ fn hcm(listener: &mut Yaml) -> &mut Yaml {
     &mut listener[key("filter_chains")][0][key("filters")][0][key("typed_config")]
 }
 
+/// The filter config of the shipped bootstrap, as JSON.
+pub fn shipped_filter_config() -> Json {
+    let text = std::fs::read_to_string(shipped_bootstrap()).expect("read envoy/gateway.yaml");
+    let mut root: Yaml = serde_yaml::from_str(&text).expect("envoy/gateway.yaml is YAML");
+    let gw = listener(&mut root, "sandbox_gateway");
+    let value = hcm(gw)[key("http_filters")][0][key("typed_config")][key("filter_config")]
+        [key("value")]
+    .clone();
+    serde_json::to_value(value).expect("filter config as JSON")
+}
+
 /// Configures and starts one gateway.
 #[derive(Debug, Clone)]
 pub struct GatewayBuilder {
     filter_config: Json,
     api_upstream: Option<SocketAddr>,
     concurrency: u32,
+    request_head_timeout: Option<String>,
 }
 
 impl Default for GatewayBuilder {
@@ -80,7 +92,24 @@ impl GatewayBuilder {
             filter_config: serde_json::json!({"sandbox_cluster": "sandboxes"}),
             api_upstream: None,
             concurrency: 2,
+            request_head_timeout: None,
         }
+    }
+
+    /// The shipped filter config as it is (its `denied_upstream_ips` included); most tests use
+    /// [`GatewayBuilder::new`] because their upstreams listen on the denied 127.0.0.1.
+    pub fn shipped() -> Self {
+        GatewayBuilder {
+            filter_config: shipped_filter_config(),
+            ..Self::new()
+        }
+    }
+
+    /// Overrides the shipped 10 s for the first bytes of a connection and for a request head
+    /// (Envoy duration syntax, e.g. "1s"), on both listeners.
+    pub fn request_head_timeout(mut self, timeout: &str) -> Self {
+        self.request_head_timeout = Some(timeout.to_string());
+        self
     }
 
     /// Sets one filter config field.
@@ -139,6 +168,13 @@ impl GatewayBuilder {
                 .as_sequence_mut()
                 .expect("clusters")
                 .push(cluster);
+        }
+        if let Some(t) = &self.request_head_timeout {
+            for name in ["sandbox_gateway", "metrics"] {
+                let l = listener(&mut root, name);
+                l[key("listener_filters_timeout")] = Yaml::String(t.clone());
+                hcm(l)[key("request_headers_timeout")] = Yaml::String(t.clone());
+            }
         }
         let m = listener(&mut root, "metrics");
         set_address(&mut m[key("address")], "127.0.0.1", metrics);

@@ -7,8 +7,8 @@ pub mod client;
 pub mod envoy;
 pub mod upstream;
 
-pub use client::{Response, request, request_raw, try_request};
-pub use envoy::{AdsGatewayBuilder, Gateway, GatewayBuilder};
+pub use client::{Response, read_until_closed, request, request_raw, try_request};
+pub use envoy::{AdsGatewayBuilder, Gateway, GatewayBuilder, shipped_filter_config};
 pub use upstream::{Upstream, WsUpstream};
 
 use serde_json::{Value, json};

@@ -26,7 +26,9 @@ impl std::fmt::Debug for Xds {
     }
 }
 
-/// Gateway settings for tests: listeners on loopback, ephemeral ports, no metrics listener.
+/// Gateway settings for tests: listeners on loopback, ephemeral ports, no metrics listener, and
+/// no denied upstream addresses, because the tests' upstreams listen on 127.0.0.1 (tests/edge.rs
+/// checks the default list).
 pub fn test_gateway_resources(xds: SocketAddr) -> GatewayResources {
     GatewayResources {
         listen_address: "127.0.0.1".into(),
@@ -34,6 +36,7 @@ pub fn test_gateway_resources(xds: SocketAddr) -> GatewayResources {
         metrics_port: 0,
         xds_address: format!("http://{xds}"),
         access_log: false,
+        denied_upstream_ips: Vec::new(),
         ..Default::default()
     }
 }

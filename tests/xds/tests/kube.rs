@@ -49,7 +49,9 @@ fn sandboxes_in_kubernetes_become_routes() {
     )
     .expect("apply the Sandbox CRD");
     let ns = rt.block_on(cluster.create_namespace("xds"));
-    let up = Upstream::start("pod", "127.0.0.1");
+    // The pod on a loopback address of its own: 127.0.0.1 is where the platform listens, and
+    // the served config (defaults) denies it as an upstream.
+    let up = Upstream::start("pod", "127.0.42.1");
 
     // The real binary, watching that namespace, serving test gateway settings.
     let (grpc, http) = (free_port(), free_port());
@@ -89,7 +91,7 @@ fn sandboxes_in_kubernetes_become_routes() {
     );
     let gw = AdsGatewayBuilder::new(([127, 0, 0, 1], grpc).into(), "gw-kube").start();
 
-    // A claimed sandbox (no SandboxSet owner) whose pod is Running and Ready at 127.0.0.1.
+    // A claimed sandbox (no SandboxSet owner) whose pod is Running and Ready at 127.0.42.1.
     let api: Api<Sandbox> = rt.block_on(async { Api::namespaced(cluster.client(), &ns) });
     let mut sbx = Sandbox::new("box1", SandboxSpec::default());
     sbx.metadata.annotations = Some(
@@ -105,7 +107,7 @@ fn sandboxes_in_kubernetes_become_routes() {
         .block_on(api.patch_status(
             "box1",
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"status": ready_status("127.0.0.1")})),
+            &Patch::Merge(serde_json::json!({"status": ready_status("127.0.42.1")})),
         ))
         .expect("patch status");
     let rv: u64 = patched.metadata.resource_version.unwrap().parse().unwrap();

@@ -5,7 +5,8 @@
 //! - [`discovery`]: the few Envoy delta-xDS messages a client needs, declared by hand with the
 //!   field numbers of `envoy/service/discovery/v3/discovery.proto`, so the module does not compile
 //!   all of Envoy's API. The server speaks them through `envoy-types`; the integration tests
-//!   check that both agree on the wire.
+//!   check that both agree on the wire;
+//! - [`net`]: IP prefixes of the module's `denied_upstream_ips`, parsed alike by both sides.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod v1 {
 }
 
 pub mod discovery;
+pub mod net;
 
 /// Type URL of [`v1::SandboxRoute`] resources.
 pub const SANDBOX_ROUTE_TYPE_URL: &str =
