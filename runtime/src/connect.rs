@@ -291,26 +291,114 @@ pub fn gunzip(data: &[u8]) -> Result<Bytes, RpcError> {
     Ok(Bytes::from(out))
 }
 
-/// Parses a JSON request message.
+/// Parses a JSON request message. A message is a JSON object: an array, `null`, a scalar or an
+/// empty body is `invalid_argument`, never an empty message (serde's derive would take `[]` for a
+/// struct with every field absent, and an absent field can mean "the default directory").
 pub fn decode<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, RpcError> {
-    let payload = if payload.iter().all(u8::is_ascii_whitespace) {
-        &b"{}"[..]
-    } else {
-        payload
-    };
-    serde_json::from_slice(payload)
+    let value: serde_json::Value = serde_json::from_slice(payload)
+        .map_err(|e| RpcError::invalid_argument(format!("invalid request message: {e}")))?;
+    decode_value(value)
+}
+
+/// [`decode`] of an already parsed JSON value.
+pub fn decode_value<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+) -> Result<T, RpcError> {
+    if !value.is_object() {
+        return Err(RpcError::invalid_argument(format!(
+            "invalid request message: expected a JSON object, got {}",
+            json_kind(&value)
+        )));
+    }
+    T::deserialize(value)
         .map_err(|e| RpcError::invalid_argument(format!("invalid request message: {e}")))
 }
 
-/// Reads a whole request body with a size limit.
-pub async fn read_body(body: hyper::body::Incoming) -> Result<Bytes, RpcError> {
+/// The JSON type name of a value, for error messages.
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// The payload of one client message envelope. Flags are 0x00 (plain) or 0x01 (compressed with
+/// the stream's `connect-content-encoding`); anything else, including an end-stream flag, which
+/// only servers send, is a protocol error rather than data.
+pub fn message_payload(env: Envelope, gzip: bool) -> Result<Bytes, RpcError> {
+    match env.flags {
+        0 => Ok(env.payload),
+        FLAG_COMPRESSED if gzip => gunzip(&env.payload),
+        FLAG_COMPRESSED => Err(RpcError::invalid_argument(
+            "protocol error: compressed message without connect-content-encoding",
+        )),
+        other => Err(RpcError::invalid_argument(format!(
+            "protocol error: invalid envelope flags 0x{other:02x} on a client message"
+        ))),
+    }
+}
+
+/// The single request message of a server-stream call: exactly one envelope, decoded with the
+/// request's `connect-content-encoding` (unknown encodings are `unimplemented`).
+pub fn single_message(headers: &HeaderMap, body: &[u8]) -> Result<Bytes, RpcError> {
+    let gzip = request_encoding(headers, Framing::Stream)?;
+    let mut dec = EnvelopeDecoder::default();
+    dec.push(body);
+    let env = dec.next_envelope()?.ok_or_else(|| {
+        RpcError::invalid_argument("protocol error: request body holds no message")
+    })?;
+    if dec.remaining() > 0 {
+        return Err(RpcError::invalid_argument(
+            "protocol error: a server-stream request holds exactly one message",
+        ));
+    }
+    message_payload(env, gzip)
+}
+
+/// The error of a call that ran past its `connect-timeout-ms`.
+pub fn deadline_exceeded() -> RpcError {
+    RpcError::new(
+        Code::DeadlineExceeded,
+        "the operation timed out (connect-timeout-ms)",
+    )
+}
+
+/// How long a whole request body (a unary message, a server-stream request, `/init`) may take
+/// to arrive when the call sets no earlier deadline. Client streams are not bounded by it.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Reads a whole request body with a size limit and a time limit: `deadline` (the call's
+/// `connect-timeout-ms`) or [`BODY_READ_TIMEOUT`], whichever comes first. A stalled body never
+/// holds a call open for longer.
+pub async fn read_body(
+    body: hyper::body::Incoming,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Bytes, RpcError> {
+    let body_limit = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+    let until = deadline.map_or(body_limit, |d| d.min(body_limit));
     let limited = http_body_util::Limited::new(body, MAX_MESSAGE_BYTES);
-    limited.collect().await.map(|c| c.to_bytes()).map_err(|e| {
-        RpcError::new(
-            Code::InvalidArgument,
-            format!("error reading request body: {e}"),
-        )
-    })
+    match tokio::time::timeout_at(until, limited.collect()).await {
+        Ok(r) => r.map(|c| c.to_bytes()).map_err(|e| {
+            let code = if e.is::<http_body_util::LengthLimitError>() {
+                Code::ResourceExhausted
+            } else {
+                Code::InvalidArgument
+            };
+            RpcError::new(code, format!("error reading request body: {e}"))
+        }),
+        Err(_) if deadline == Some(until) => Err(deadline_exceeded()),
+        Err(_) => Err(RpcError::new(
+            Code::DeadlineExceeded,
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        )),
+    }
 }
 
 /// Base response for RPCs, with the CORS exposure envd also sends.

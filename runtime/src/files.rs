@@ -170,10 +170,9 @@ fn authorize(
     op: &str,
 ) -> Result<User, Box<Reply>> {
     let token = state.token();
-    let header_token = headers.get("x-access-token").and_then(|v| v.to_str().ok());
     signing::validate(
         token.as_deref(),
-        header_token,
+        signing::TokenHeader::of(headers),
         p.signature.as_deref(),
         p.expiration,
         p.username.as_deref(),
@@ -238,7 +237,7 @@ pub async fn download(
         }
         Err(e) => {
             return json_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
+                crate::oserror::http_status_of(&e),
                 format!("error checking if path exists '{}': {e}", path.display()),
             );
         }
@@ -271,13 +270,8 @@ pub async fn download(
     let file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,
         Err(e) => {
-            let status = if e.kind() == io::ErrorKind::PermissionDenied {
-                StatusCode::FORBIDDEN
-            } else {
-                StatusCode::INTERNAL_SERVER_ERROR
-            };
             return json_error(
-                status,
+                crate::oserror::http_status_of(&e),
                 format!("error opening file '{}': {e}", path.display()),
             );
         }
@@ -477,16 +471,11 @@ impl UploadError {
         UploadError(StatusCode::INTERNAL_SERVER_ERROR, m.into())
     }
     fn from_io(e: &io::Error, what: &str) -> Self {
-        match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => UploadError(
-                StatusCode::INSUFFICIENT_STORAGE,
-                format!("{what}: not enough disk space available"),
-            ),
-            Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
-                UploadError(StatusCode::FORBIDDEN, format!("{what}: {e}"))
-            }
-            _ => UploadError::internal(format!("{what}: {e}")),
+        let status = crate::oserror::http_status_of(e);
+        if status == StatusCode::INSUFFICIENT_STORAGE {
+            return UploadError(status, format!("{what}: not enough disk space available"));
         }
+        UploadError(status, format!("{what}: {e}"))
     }
 }
 
@@ -514,8 +503,12 @@ where
     if let Some(parent) = path.parent().map(Path::to_path_buf) {
         let created = blocking(move || {
             let existed = parent.is_dir();
-            crate::filesystem::ensure_dirs(&parent, uid, gid)
-                .map_err(|e| UploadError::internal(format!("error ensuring directories: {e}")))?;
+            crate::filesystem::ensure_dirs(&parent, uid, gid).map_err(|f| {
+                UploadError::from_io(
+                    &f.source,
+                    &format!("error ensuring directories: {}", f.context),
+                )
+            })?;
             Ok(!existed)
         })
         .await?;
@@ -612,6 +605,39 @@ fn body_stream(body: Incoming, gzip: bool) -> ByteStream {
         Box::pin(gunzip_stream(raw))
     } else {
         Box::pin(raw.map_err(|e| UploadError::bad(e.to_string())))
+    }
+}
+
+/// A stream that yields at most one item per poll: after an item it answers `Pending` once (and
+/// wakes itself), so a consumer that reads "while ready" takes one chunk, not the whole source.
+struct OneChunkPerPoll<S> {
+    inner: S,
+    yielded: bool,
+}
+
+impl<S> OneChunkPerPoll<S> {
+    fn new(inner: S) -> Self {
+        OneChunkPerPoll {
+            inner,
+            yielded: false,
+        }
+    }
+}
+
+impl<S: Stream + Unpin> Stream for OneChunkPerPoll<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        if std::mem::take(&mut self.yielded) {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        let item = std::pin::Pin::new(&mut self.inner).poll_next(cx);
+        self.yielded = matches!(item, std::task::Poll::Ready(Some(_)));
+        item
     }
 }
 
@@ -713,7 +739,10 @@ async fn upload_inner(
     }
     let boundary = multer::parse_boundary(&content_type)
         .map_err(|e| UploadError::bad(format!("error parsing multipart form: {e}")))?;
-    let mut multipart = multer::Multipart::new(body_stream(body, gzip), boundary);
+    // multer drains its source for as long as it is ready; a gzip decoder is always ready, so
+    // without pacing a small compressed request would be inflated into memory whole.
+    let mut multipart =
+        multer::Multipart::new(OneChunkPerPoll::new(body_stream(body, gzip)), boundary);
     let mut written: Vec<PathBuf> = Vec::new();
     let mut entries = Vec::new();
     loop {

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::connect::{self, Code, RpcError};
+use crate::oserror::Failed;
 use crate::proto::{EntryInfo, FileType, ListDirRequest, MoveRequest, PathRequest};
 use crate::state::AppState;
 use crate::timefmt;
@@ -118,39 +119,55 @@ pub fn entry_info(path: &Path, display: &Path, names: &mut NameCache) -> io::Res
 }
 
 fn io_to_rpc(e: &io::Error, what: &str) -> RpcError {
-    match e.raw_os_error() {
-        Some(libc::ENOENT) | Some(libc::ENOTDIR) => RpcError::not_found(format!("{what}: {e}")),
-        Some(libc::ELOOP) => RpcError::new(
-            Code::FailedPrecondition,
-            format!("{what}: cyclic symlink or chain >255 links: {e}"),
-        ),
-        Some(libc::EACCES) | Some(libc::EPERM) => {
-            RpcError::new(Code::PermissionDenied, format!("{what}: {e}"))
-        }
-        _ => RpcError::internal(format!("{what}: {e}")),
+    crate::oserror::rpc_error(e, what)
+}
+
+/// A path a destructive operation acts on: it must be given. An absent or empty field never
+/// falls back to the default directory, as it does for reads.
+fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, RpcError> {
+    if value.is_empty() {
+        Err(RpcError::invalid_argument(format!(
+            "{field} is required for this operation"
+        )))
+    } else {
+        Ok(value)
     }
 }
 
 /// Creates the missing directories of `path` (mode 0755, owned by uid/gid).
-pub fn ensure_dirs(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
+pub fn ensure_dirs(path: &Path, uid: u32, gid: u32) -> Result<(), Failed> {
     let mut cur = PathBuf::from("/");
     for c in path.components().skip(1) {
         cur.push(c);
         match std::fs::metadata(&cur) {
             Ok(md) if md.is_dir() => continue,
-            Ok(_) => return Err(format!("path is a file: {}", cur.display())),
+            Ok(_) => {
+                return Err(Failed::new(
+                    format!("path is a file: {}", cur.display()),
+                    io::Error::from(io::ErrorKind::NotADirectory),
+                ));
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 match std::fs::create_dir(&cur) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                     Err(e) => {
-                        return Err(format!("failed to create directory {}: {e}", cur.display()));
+                        return Err(Failed::new(
+                            format!("failed to create directory {}", cur.display()),
+                            e,
+                        ));
                     }
                 }
-                std::os::unix::fs::chown(&cur, Some(uid), Some(gid))
-                    .map_err(|e| format!("failed to chown directory {}: {e}", cur.display()))?;
+                std::os::unix::fs::chown(&cur, Some(uid), Some(gid)).map_err(|e| {
+                    Failed::new(format!("failed to chown directory {}", cur.display()), e)
+                })?;
             }
-            Err(e) => return Err(format!("failed to stat directory {}: {e}", cur.display())),
+            Err(e) => {
+                return Err(Failed::new(
+                    format!("failed to stat directory {}", cur.display()),
+                    e,
+                ));
+            }
         }
     }
     Ok(())
@@ -186,7 +203,7 @@ fn make_dir(state: &AppState, user: &User, req: PathRequest) -> Result<Value, Rp
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_to_rpc(&e, "error getting file info")),
     }
-    ensure_dirs(&path, user.uid, user.gid).map_err(RpcError::internal)?;
+    ensure_dirs(&path, user.uid, user.gid).map_err(|f| f.to_rpc())?;
     state.watchers.sync_all();
     let entry = entry_info(&path, &path, &mut NameCache::default())
         .map_err(|e| io_to_rpc(&e, "error getting file info"))?;
@@ -194,8 +211,8 @@ fn make_dir(state: &AppState, user: &User, req: PathRequest) -> Result<Value, Rp
 }
 
 fn move_entry(state: &AppState, user: &User, req: MoveRequest) -> Result<Value, RpcError> {
-    let source = resolve(state, user, &req.source)?;
-    let destination = resolve(state, user, &req.destination)?;
+    let source = resolve(state, user, required("source", &req.source)?)?;
+    let destination = resolve(state, user, required("destination", &req.destination)?)?;
     if let Err(e) = std::fs::symlink_metadata(&source) {
         return Err(io_to_rpc(
             &e,
@@ -203,7 +220,7 @@ fn move_entry(state: &AppState, user: &User, req: MoveRequest) -> Result<Value, 
         ));
     }
     if let Some(parent) = destination.parent() {
-        ensure_dirs(parent, user.uid, user.gid).map_err(RpcError::internal)?;
+        ensure_dirs(parent, user.uid, user.gid).map_err(|f| f.to_rpc())?;
     }
     std::fs::rename(&source, &destination).map_err(|e| io_to_rpc(&e, "error renaming"))?;
     state.watchers.sync_all();
@@ -213,7 +230,7 @@ fn move_entry(state: &AppState, user: &User, req: MoveRequest) -> Result<Value, 
 }
 
 fn remove(state: &AppState, user: &User, req: PathRequest) -> Result<Value, RpcError> {
-    let path = resolve(state, user, &req.path)?;
+    let path = resolve(state, user, required("path", &req.path)?)?;
     let result = match std::fs::symlink_metadata(&path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
@@ -388,6 +405,7 @@ mod tests {
         assert!(
             ensure_dirs(&dir.path().join("f/x"), 0, 0)
                 .unwrap_err()
+                .to_string()
                 .contains("path is a file")
         );
     }

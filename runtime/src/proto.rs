@@ -73,6 +73,19 @@ fn de_vec_string<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Erro
     Ok(Option::<Vec<String>>::deserialize(d)?.unwrap_or_default())
 }
 
+/// A nested message field: a JSON object or `null`. Serde's derive would also accept an array
+/// for a struct (and read `[]` as "every field absent"); protojson does not.
+fn de_msg<'de, D: Deserializer<'de>, T: de::DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None => Ok(None),
+        Some(v @ Value::Object(_)) => T::deserialize(v).map(Some).map_err(de::Error::custom),
+        Some(other) => Err(de::Error::custom(format!(
+            "expected a JSON object for a message field, got {}",
+            crate::connect::json_kind(&other)
+        ))),
+    }
+}
+
 /// Decodes proto `bytes` from base64 (standard or URL-safe, padding optional).
 pub fn decode_b64(s: &str) -> Result<Vec<u8>, String> {
     use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -140,13 +153,16 @@ pub struct PtySize {
 #[derive(Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[serde(default)]
 pub struct Pty {
+    #[serde(deserialize_with = "de_msg")]
     pub size: Option<PtySize>,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
 #[serde(default)]
 pub struct StartRequest {
+    #[serde(deserialize_with = "de_msg")]
     pub process: Option<ProcessConfig>,
+    #[serde(deserialize_with = "de_msg")]
     pub pty: Option<Pty>,
     #[serde(deserialize_with = "de_opt_string")]
     pub tag: Option<String>,
@@ -167,13 +183,16 @@ pub struct ProcessSelector {
 #[derive(Deserialize, Debug, Clone, Default)]
 #[serde(default)]
 pub struct SelectorRequest {
+    #[serde(deserialize_with = "de_msg")]
     pub process: Option<ProcessSelector>,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
 #[serde(default)]
 pub struct UpdateRequest {
+    #[serde(deserialize_with = "de_msg")]
     pub process: Option<ProcessSelector>,
+    #[serde(deserialize_with = "de_msg")]
     pub pty: Option<Pty>,
 }
 
@@ -189,28 +208,35 @@ pub struct ProcessInput {
 #[derive(Deserialize, Debug, Clone, Default)]
 #[serde(default)]
 pub struct SendInputRequest {
+    #[serde(deserialize_with = "de_msg")]
     pub process: Option<ProcessSelector>,
+    #[serde(deserialize_with = "de_msg")]
     pub input: Option<ProcessInput>,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
 #[serde(default)]
 pub struct StreamInputStart {
+    #[serde(deserialize_with = "de_msg")]
     pub process: Option<ProcessSelector>,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
 #[serde(default)]
 pub struct StreamInputData {
+    #[serde(deserialize_with = "de_msg")]
     pub input: Option<ProcessInput>,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
 #[serde(default)]
 pub struct StreamInputRequest {
+    #[serde(deserialize_with = "de_msg")]
     pub start: Option<StreamInputStart>,
+    #[serde(deserialize_with = "de_msg")]
     pub data: Option<StreamInputData>,
-    pub keepalive: Option<Value>,
+    #[serde(deserialize_with = "de_msg")]
+    pub keepalive: Option<serde_json::Map<String, Value>>,
 }
 
 /// The `Signal` enum.
@@ -253,6 +279,7 @@ impl<'de> Deserialize<'de> for Signal {
 #[derive(Deserialize, Debug, Clone, Default)]
 #[serde(default)]
 pub struct SendSignalRequest {
+    #[serde(deserialize_with = "de_msg")]
     pub process: Option<ProcessSelector>,
     pub signal: Signal,
 }
@@ -365,12 +392,10 @@ pub struct WatchRequest {
 
 impl WatchRequest {
     /// Parses a watch request accepting both `includeEntry` and `include_entry`.
-    pub fn parse(payload: &[u8]) -> Result<Self, String> {
-        let mut v: Value = if payload.iter().all(u8::is_ascii_whitespace) {
-            json!({})
-        } else {
-            serde_json::from_slice(payload).map_err(|e| e.to_string())?
-        };
+    pub fn parse(payload: &[u8]) -> Result<Self, crate::connect::RpcError> {
+        let mut v: Value = serde_json::from_slice(payload).map_err(|e| {
+            crate::connect::RpcError::invalid_argument(format!("invalid request message: {e}"))
+        })?;
         if let Value::Object(map) = &mut v {
             for (camel, snake) in [
                 ("includeEntry", "include_entry"),
@@ -381,9 +406,13 @@ impl WatchRequest {
                 }
             }
         }
-        serde_json::from_value(v).map_err(|e| e.to_string())
+        crate::connect::decode_value(v)
     }
 }
+
+/// A message without fields (`process.ListRequest`); unknown fields are ignored, as connect-go
+/// does, but the body must still be a JSON object.
+pub type EmptyMessage = serde_json::Map<String, Value>;
 
 #[derive(Deserialize, Debug, Clone, Default)]
 #[serde(default)]

@@ -27,8 +27,7 @@ const UNAUTHORIZED: &str =
 /// Runs the daemon until SIGTERM/SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // Files and directories get the usual 0644/0755 whatever umask the launcher had.
-    // SAFETY: umask has no preconditions.
-    unsafe { libc::umask(0o022) };
+    crate::sys::set_umask(0o022);
     let state = AppState::new(&config).map_err(|e| anyhow::anyhow!(e))?;
     let mut listeners = Vec::new();
     for addr in &config.listen {
@@ -216,10 +215,7 @@ async fn route(state: &Arc<AppState>, req: Request<Incoming>) -> Response<BoxBod
             | (&Method::POST, "/init")
     );
     if !exempt {
-        let token = req
-            .headers()
-            .get("x-access-token")
-            .and_then(|v| v.to_str().ok());
+        let token = crate::signing::TokenHeader::of(req.headers());
         if !state.token_allows(token) {
             tracing::warn!(%path, "request without a valid access token");
             return json_error(StatusCode::UNAUTHORIZED, UNAUTHORIZED);
@@ -333,14 +329,26 @@ pub fn parse_rfc3339_nanos(s: &str) -> Option<i128> {
     Some(secs as i128 * 1_000_000_000 + nanos)
 }
 
+/// Largest `/init` body accepted (environment variables and settings, never file data).
+const MAX_INIT_BYTES: usize = 4 << 20;
+
 /// `POST /init`: sandbox environment, access token, default user and workdir. A request carrying
 /// a timestamp older than the newest one applied is acknowledged without effect. Once a token is
 /// set, it can only be re-sent unchanged: a different token is a 401 "access token validation
 /// failed", a missing one a 401 "access token reset not authorized" (envd's rules without MMDS).
 async fn init(state: &Arc<AppState>, req: Request<Incoming>) -> Response<BoxBody> {
-    let body = match connect::read_body(req.into_body()).await {
+    let body = match connect::read_body(req.into_body(), None).await {
+        Ok(b) if b.len() > MAX_INIT_BYTES => {
+            return json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "init request of {} bytes exceeds the {MAX_INIT_BYTES}-byte limit",
+                    b.len()
+                ),
+            );
+        }
         Ok(b) => b,
-        Err(e) => return json_error(StatusCode::BAD_REQUEST, e.message),
+        Err(e) => return json_error(e.code.http_status(), e.message),
     };
     let init: InitRequest = if body.iter().all(u8::is_ascii_whitespace) {
         InitRequest::default()
@@ -477,6 +485,12 @@ async fn rpc(state: &Arc<AppState>, req: Request<Incoming>) -> Response<BoxBody>
         };
         return json_error(StatusCode::UNSUPPORTED_MEDIA_TYPE, msg);
     }
+    // The deadline counts from the request's arrival and covers reading its body.
+    let deadline = match connect::parse_timeout(req.headers()) {
+        Ok(t) => t.map(|t| tokio::time::Instant::now() + t),
+        Err(e) if streaming => return connect::stream_error(&e),
+        Err(e) => return connect::unary_error(&e),
+    };
     let user = rpc_user(state, &req);
     let headers = req.headers().clone();
     if streaming {
@@ -484,28 +498,24 @@ async fn rpc(state: &Arc<AppState>, req: Request<Incoming>) -> Response<BoxBody>
             if let Err(e) = user {
                 return connect::stream_error(&e);
             }
-            return crate::process::stream_input(state, &headers, req.into_body()).await;
+            return crate::process::stream_input(state, &headers, req.into_body(), deadline).await;
         }
-        let body = match connect::read_body(req.into_body()).await {
+        let body = match connect::read_body(req.into_body(), deadline).await {
             Ok(b) => b,
             Err(e) => return connect::stream_error(&e),
         };
         return match method.as_str() {
-            "Start" => crate::process::start_rpc(state, user, &headers, &body),
+            "Start" => crate::process::start_rpc(state, user, &headers, &body, deadline),
             "Connect" => match user {
-                Ok(_) => crate::process::connect_rpc(state, &headers, &body),
+                Ok(_) => crate::process::connect_rpc(state, &headers, &body, deadline),
                 Err(e) => connect::stream_error(&e),
             },
-            _ => crate::watch::watch_dir_rpc(state, user, &headers, &body),
+            _ => crate::watch::watch_dir_rpc(state, user, &headers, &body, deadline),
         };
     }
-    let timeout = match connect::parse_timeout(&headers) {
-        Ok(t) => t,
-        Err(e) => return connect::unary_error(&e),
-    };
     let call = async {
         let gz = connect::request_encoding(&headers, Framing::Unary)?;
-        let body = connect::read_body(req.into_body()).await?;
+        let body = connect::read_body(req.into_body(), deadline).await?;
         let payload = if gz { connect::gunzip(&body)? } else { body };
         if service == "process.Process" {
             user?;
@@ -514,14 +524,10 @@ async fn rpc(state: &Arc<AppState>, req: Request<Incoming>) -> Response<BoxBody>
             crate::filesystem::unary(state, user, &method, &payload).await
         }
     };
-    let result = match timeout {
-        Some(t) => match tokio::time::timeout(t, call).await {
-            Ok(r) => r,
-            Err(_) => Err(RpcError::new(
-                Code::DeadlineExceeded,
-                "the operation timed out (connect-timeout-ms)",
-            )),
-        },
+    let result = match deadline {
+        Some(d) => tokio::time::timeout_at(d, call)
+            .await
+            .unwrap_or_else(|_| Err(connect::deadline_exceeded())),
         None => call.await,
     };
     match result {

@@ -28,6 +28,40 @@ pub fn signature(
     )
 }
 
+/// The `X-Access-Token` of a request. Two or more of them are ambiguous and never match: the
+/// gateway refuses them too, so the daemon and the gateway can never check different tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenHeader<'a> {
+    Absent,
+    One(&'a str),
+    /// Repeated, or not visible ASCII.
+    Unusable,
+}
+
+impl<'a> TokenHeader<'a> {
+    pub const NAME: &'static str = "x-access-token";
+
+    pub fn of(headers: &'a http::HeaderMap) -> Self {
+        let mut values = headers.get_all(Self::NAME).iter();
+        match (values.next(), values.next()) {
+            (None, _) => TokenHeader::Absent,
+            (Some(v), None) => v.to_str().map_or(TokenHeader::Unusable, TokenHeader::One),
+            (Some(_), Some(_)) => TokenHeader::Unusable,
+        }
+    }
+
+    /// Whether the header holds exactly `token`.
+    pub fn matches(self, token: &str) -> bool {
+        matches!(self, TokenHeader::One(h) if constant_time_eq(h.as_bytes(), token.as_bytes()))
+    }
+}
+
+impl<'a> From<Option<&'a str>> for TokenHeader<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        v.map_or(TokenHeader::Absent, TokenHeader::One)
+    }
+}
+
 /// Why a `/files` request was refused (every case is a 401 with this message).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SigningError {
@@ -39,14 +73,17 @@ pub enum SigningError {
     Invalid,
     #[error("signature is already expired")]
     Expired,
+    #[error("a signed URL must name the path it grants access to (path query parameter)")]
+    NoPath,
 }
 
 /// The `/files` authorisation rule of envd: with no token set everything passes; a token header,
-/// if present, must match; otherwise a valid, unexpired signature is required.
+/// if present, must match; otherwise a valid, unexpired signature over a non-empty path is
+/// required (a signature over no path would grant any multipart file name).
 #[allow(clippy::too_many_arguments)]
-pub fn validate(
+pub fn validate<'a>(
     token: Option<&str>,
-    header_token: Option<&str>,
+    header_token: impl Into<TokenHeader<'a>>,
     signature_param: Option<&str>,
     expiration: Option<i64>,
     username: Option<&str>,
@@ -55,16 +92,17 @@ pub fn validate(
     now_unix: i64,
 ) -> Result<(), SigningError> {
     let Some(token) = token else { return Ok(()) };
-    if let Some(h) = header_token.filter(|h| !h.is_empty()) {
-        return if constant_time_eq(h.as_bytes(), token.as_bytes()) {
-            Ok(())
-        } else {
-            Err(SigningError::HeaderMismatch)
-        };
+    match header_token.into() {
+        TokenHeader::Absent | TokenHeader::One("") => {}
+        h if h.matches(token) => return Ok(()),
+        _ => return Err(SigningError::HeaderMismatch),
     }
     let Some(sig) = signature_param else {
         return Err(SigningError::Missing);
     };
+    if path.is_empty() {
+        return Err(SigningError::NoPath);
+    }
     let expected = signature(path, operation, username.unwrap_or(""), token, expiration);
     if !constant_time_eq(expected.as_bytes(), sig.as_bytes()) {
         return Err(SigningError::Invalid);

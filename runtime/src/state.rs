@@ -31,6 +31,49 @@ pub struct AppState {
     pub watchers: crate::watch::Registry,
     pub metrics: Metrics,
     pub cpu: crate::sysmetrics::CpuSampler,
+    pub fds: FdBudget,
+}
+
+/// The open-file budget. The daemon raises its soft limit to the hard one (as Go programs like
+/// envd do) and gives children the original back; work that holds descriptors for long
+/// (processes, watchers) is refused once fewer than `reserve` remain, so that the daemon keeps
+/// accepting and serving connections (health checks, kills, closes) when near the limit.
+#[derive(Debug, Clone)]
+pub struct FdBudget {
+    pub limit: u64,
+    pub reserve: u64,
+    /// The limit children get (the one the daemon started with).
+    pub child_limit: Option<libc::rlimit>,
+}
+
+impl FdBudget {
+    pub fn at_start() -> FdBudget {
+        let before = crate::sys::raise_nofile_limit().ok();
+        let limit = crate::sys::nofile_limit()
+            .map(|l| l.rlim_cur)
+            .unwrap_or(1024);
+        FdBudget {
+            limit,
+            reserve: (limit / 8).clamp(16, 256),
+            child_limit: before.filter(|b| b.rlim_cur != limit),
+        }
+    }
+
+    /// Admits work that opens `needed` descriptors for as long as it lives.
+    pub fn admit(&self, needed: u64, what: &str) -> Result<(), RpcError> {
+        let open = crate::sys::open_fd_count().unwrap_or(0) as u64;
+        if open + needed + self.reserve > self.limit {
+            return Err(RpcError::new(
+                crate::connect::Code::ResourceExhausted,
+                format!(
+                    "cannot {what}: the daemon holds {open} of its {} open files and keeps {} for connections; \
+                     end processes or watchers and try again",
+                    self.limit, self.reserve
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl AppState {
@@ -69,6 +112,7 @@ impl AppState {
             watchers: crate::watch::Registry::default(),
             metrics: Metrics::new(),
             cpu: crate::sysmetrics::CpuSampler::default(),
+            fds: FdBudget::at_start(),
         }))
     }
 
@@ -92,12 +136,10 @@ impl AppState {
     }
 
     /// Whether a request with this `X-Access-Token` value may pass (always, when no token is set).
-    pub fn token_allows(&self, header: Option<&str>) -> bool {
+    pub fn token_allows(&self, header: crate::signing::TokenHeader<'_>) -> bool {
         match self.token() {
             None => true,
-            Some(t) => {
-                header.is_some_and(|h| crate::signing::constant_time_eq(h.as_bytes(), t.as_bytes()))
-            }
+            Some(t) => header.matches(&t),
         }
     }
 

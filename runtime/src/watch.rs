@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 
-use crate::connect::{self, Code, RpcError, StreamSender};
+use crate::connect::{self, RpcError, StreamSender};
 use crate::httputil::BoxBody;
 use crate::metrics::GaugeGuard;
 use crate::proto::{EventType, FilesystemEvent, WatchRequest, WatcherIdRequest};
@@ -112,7 +112,7 @@ impl DirWatch {
         // SAFETY: a fresh descriptor owned by nothing else.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let w = DirWatch {
-            fd: crate::pty::async_fd(fd)?,
+            fd: crate::sys::async_fd(fd)?,
             root: root.to_path_buf(),
             recursive,
             include_entry,
@@ -332,11 +332,12 @@ fn check_watch_path(
     )
     .map_err(|e| RpcError::invalid_argument(e.to_string()))?;
     let md = std::fs::metadata(&path).map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            RpcError::not_found(format!("path {} not found: {e}", path.display()))
+        let what = if e.kind() == io::ErrorKind::NotFound {
+            format!("path {} not found", path.display())
         } else {
-            RpcError::internal(format!("error statting path {}: {e}", path.display()))
-        }
+            format!("error statting path {}", path.display())
+        };
+        crate::oserror::rpc_error(&e, &what)
     })?;
     if !md.is_dir() {
         return Err(RpcError::invalid_argument(format!(
@@ -345,7 +346,7 @@ fn check_watch_path(
         )));
     }
     let network = crate::filesystem::is_network_mount(&path)
-        .map_err(|e| RpcError::internal(format!("error checking mount status: {e}")))?;
+        .map_err(|e| crate::oserror::rpc_error(&e, "error checking mount status"))?;
     if network && !req.allow_network_mounts {
         return Err(RpcError::invalid_argument(format!(
             "cannot watch path on network filesystem: {}",
@@ -357,15 +358,9 @@ fn check_watch_path(
 
 fn new_watch(path: &Path, req: &WatchRequest) -> Result<DirWatch, RpcError> {
     DirWatch::new(path, req.recursive, req.include_entry).map_err(|e| {
-        let code =
-            if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EMFILE) {
-                Code::ResourceExhausted
-            } else {
-                Code::Internal
-            };
-        RpcError::new(
-            code,
-            format!("error adding path {} to watcher: {e}", path.display()),
+        crate::oserror::rpc_error(
+            &e,
+            &format!("error adding path {} to watcher", path.display()),
         )
     })
 }
@@ -376,27 +371,17 @@ pub fn watch_dir_rpc(
     user: Result<User, RpcError>,
     headers: &HeaderMap,
     body: &[u8],
+    deadline: Option<tokio::time::Instant>,
 ) -> Response<BoxBody> {
     let result = (|| {
-        let timeout = connect::parse_timeout(headers)?;
-        let mut dec = connect::EnvelopeDecoder::default();
-        dec.push(body);
-        let env = dec.next_envelope()?.ok_or_else(|| {
-            RpcError::invalid_argument("protocol error: request body holds no message")
-        })?;
-        let payload = if env.flags & connect::FLAG_COMPRESSED != 0 {
-            connect::gunzip(&env.payload)?
-        } else {
-            env.payload
-        };
-        let req = WatchRequest::parse(&payload)
-            .map_err(|e| RpcError::invalid_argument(format!("invalid request message: {e}")))?;
+        let req = WatchRequest::parse(&connect::single_message(headers, body)?)?;
         let user = user?;
         let path = check_watch_path(state, &user, &req)?;
-        Ok::<_, RpcError>((new_watch(&path, &req)?, timeout))
+        state.fds.admit(1, "watch a directory")?;
+        new_watch(&path, &req)
     })();
-    let (watch, timeout) = match result {
-        Ok((w, t)) => (Arc::new(w), t),
+    let watch = match result {
+        Ok(w) => Arc::new(w),
         Err(e) => return connect::stream_error(&e),
     };
     state.watchers.track(&watch);
@@ -410,8 +395,8 @@ pub fn watch_dir_rpc(
         }
         let mut ka = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
         let deadline = async move {
-            match timeout {
-                Some(t) => tokio::time::sleep(t).await,
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
                 None => std::future::pending().await,
             }
         };
@@ -436,7 +421,7 @@ pub fn watch_dir_rpc(
                     }
                 }
                 _ = &mut deadline => {
-                    sender.finish(Some(&RpcError::new(Code::DeadlineExceeded, "the operation timed out (connect-timeout-ms)"))).await;
+                    sender.finish(Some(&connect::deadline_exceeded())).await;
                     return;
                 }
                 _ = sender.closed() => return,
@@ -506,9 +491,9 @@ pub fn create_watcher(
     user: User,
     payload: &[u8],
 ) -> Result<Value, RpcError> {
-    let req = WatchRequest::parse(payload)
-        .map_err(|e| RpcError::invalid_argument(format!("invalid request message: {e}")))?;
+    let req = WatchRequest::parse(payload)?;
     let path = check_watch_path(state, &user, &req)?;
+    state.fds.admit(1, "watch a directory")?;
     let watch = Arc::new(new_watch(&path, &req)?);
     state.watchers.track(&watch);
     let w = watch.clone();

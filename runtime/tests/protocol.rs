@@ -2,190 +2,21 @@
 //! request and response bodies) and h2c, unary and stream errors, keepalives, timeouts, client
 //! streams, disconnects, the access token, gzip requests, CORS and graceful shutdown.
 
-use std::convert::Infallible;
+mod common;
+
 use std::io::Write;
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use std::net::SocketAddr;
+
 use http::{Request, StatusCode};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use test_support::{ChildGuard, free_port};
-use tokio::sync::mpsc;
 
-type Body = UnsyncBoxBody<Bytes, Infallible>;
-
-struct Daemon {
-    guard: ChildGuard,
-    addr: SocketAddr,
-    home: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(extra: &[&str]) -> Daemon {
-        let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let home = tempfile::Builder::new()
-            .prefix("rt-proto-home-")
-            .tempdir()
-            .unwrap()
-            .keep();
-        let me = agent_runtime::users::current_user().name;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_agent-runtime"));
-        cmd.args([
-            "--listen",
-            &addr.to_string(),
-            "--default-user",
-            &me,
-            "--default-workdir",
-        ])
-        .arg(&home)
-        .args(extra)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", &home)
-        .env("AGENT_RUNTIME_LOG", "debug");
-        let mut guard = ChildGuard::spawn("agent-runtime", cmd);
-        guard.wait_for_tcp(addr, Duration::from_secs(10));
-        Daemon { guard, addr, home }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.home);
-    }
-}
-
-fn h1() -> Client<HttpConnector, Body> {
-    Client::builder(TokioExecutor::new()).build_http()
-}
-
-fn h2c() -> Client<HttpConnector, Body> {
-    Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build_http()
-}
-
-fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into()).boxed_unsync()
-}
-
-/// A request body fed chunk by chunk (sent with `Transfer-Encoding: chunked` over HTTP/1.1).
-fn channel_body() -> (mpsc::Sender<Bytes>, Body) {
-    let (tx, rx) = mpsc::channel::<Bytes>(16);
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
-    });
-    (tx, StreamBody::new(stream).boxed_unsync())
-}
-
-fn envelope(flags: u8, msg: &Value) -> Bytes {
-    let payload = serde_json::to_vec(msg).unwrap();
-    let mut b = BytesMut::new();
-    b.extend_from_slice(&[flags]);
-    b.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    b.extend_from_slice(&payload);
-    b.freeze()
-}
-
-fn unary(url: &str, msg: &Value) -> Request<Body> {
-    Request::post(url)
-        .header("content-type", "application/json")
-        .header("connect-protocol-version", "1")
-        .body(full(serde_json::to_vec(msg).unwrap()))
-        .unwrap()
-}
-
-fn stream_req(url: &str) -> http::request::Builder {
-    Request::post(url)
-        .header("content-type", "application/connect+json")
-        .header("connect-protocol-version", "1")
-}
-
-/// Reads envelopes from a streaming response until the end-stream envelope.
-struct Envelopes {
-    body: Incoming,
-    buf: BytesMut,
-}
-
-impl Envelopes {
-    fn new(body: Incoming) -> Self {
-        Envelopes {
-            body,
-            buf: BytesMut::new(),
-        }
-    }
-
-    async fn next(&mut self) -> Option<(u8, Value)> {
-        loop {
-            if self.buf.len() >= 5 {
-                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
-                    as usize;
-                if self.buf.len() >= 5 + len {
-                    let flags = self.buf[0];
-                    self.buf.advance(5);
-                    let payload = self.buf.split_to(len);
-                    return Some((
-                        flags,
-                        serde_json::from_slice(&payload).expect("envelope payload is JSON"),
-                    ));
-                }
-            }
-            match self.body.frame().await {
-                Some(Ok(f)) => {
-                    if let Ok(d) = f.into_data() {
-                        self.buf.extend_from_slice(&d);
-                    }
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    async fn all(mut self) -> Vec<(u8, Value)> {
-        let mut v = Vec::new();
-        while let Some(e) = self.next().await {
-            let end = e.0 & 2 != 0;
-            v.push(e);
-            if end {
-                break;
-            }
-        }
-        v
-    }
-}
-
-fn start_body(cmd: &str) -> Value {
-    json!({"process": {"cmd": "/bin/bash", "args": ["-c", cmd]}, "stdin": false})
-}
-
-async fn body_json(resp: http::Response<Incoming>) -> Value {
-    let b = resp.into_body().collect().await.unwrap().to_bytes();
-    serde_json::from_slice(&b)
-        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&b)))
-}
-
-fn stdout_of(events: &[(u8, Value)]) -> String {
-    let mut out = Vec::new();
-    for (_, e) in events {
-        if let Some(s) = e["event"]["data"]["stdout"].as_str() {
-            out.extend(agent_runtime::proto::decode_b64(s).unwrap());
-        }
-    }
-    String::from_utf8(out).unwrap()
-}
+use common::*;
 
 async fn run_start(
     client: &Client<HttpConnector, Body>,
