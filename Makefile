@@ -38,11 +38,9 @@ $(VENV)/.installed: tests/requirements.txt scripts/setup-python.sh
 	scripts/setup-python.sh "$(VENV)" tests/requirements.txt
 	@touch $@
 
-# The embedded stack (manager with the local backend, sandbox-xds, Envoy + module) needs the
-# manager, which is not built yet; until then this starts the gateway alone.
-run:
-	@echo "note: the embedded manager and sandbox-xds are not built yet; starting the gateway alone" >&2
-	@$(MAKE) run-gateway
+# The embedded stack: sandbox-manager (local backend, sandbox-xds in process) and Envoy + the
+# module over ADS; prints the E2B environment variables once the pool is warm (mk/manager.mk).
+run: run-local
 
 lint:
 	$(CARGO) fmt --all --check

@@ -1,0 +1,21 @@
+//! sandbox-manager: the E2B-compatible REST API of the platform (native paths and
+//! `/kruise/api`), API keys and teams, and the backends that run sandboxes behind it: `local`
+//! (embedded: agent-runtime processes on loopback addresses, sandbox-xds in process, what
+//! `make run` starts) and `kube` (Sandbox CRs; see docs/manager.md).
+//!
+//! Layout: `api` is the HTTP layer (routes, auth, validation, paging, rendering, errors);
+//! `backend` the trait every backend implements; `model` and `extensions` the plain domain
+//! types both share; `keys` the key store; `local` the embedded backend; `store` the
+//! embedded document store; `sys` the only `unsafe` code.
+
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod extensions;
+pub mod idempotency;
+pub mod keys;
+pub mod local;
+pub mod metrics;
+pub mod model;
+pub mod store;
+pub mod sys;

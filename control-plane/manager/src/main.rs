@@ -1,0 +1,149 @@
+//! `sandbox-manager`: wires the flags, the key store, the backend, the embedded sandbox-xds and
+//! the HTTP server, and shuts them down in order on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use sandbox_manager::api::{self, ApiConfig, AppCtx};
+use sandbox_manager::config::{Args, BackendKind, LogFormat};
+use sandbox_manager::local::{LocalBackend, LocalConfig, templates};
+use sandbox_manager::{idempotency::Idempotency, keys, metrics::Metrics};
+use sandbox_xds::{GatewayResources, RunningServer, XdsServer};
+use tokio_util::sync::CancellationToken;
+
+fn gateway_resources(args: &Args) -> anyhow::Result<GatewayResources> {
+    let g = match &args.gateway_config {
+        Some(p) => serde_yaml::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,
+        )
+        .with_context(|| format!("parse {}", p.display()))?,
+        None => GatewayResources {
+            listen_address: "127.0.0.1".into(),
+            xds_address: format!("http://{}", args.xds_grpc_listen),
+            ..GatewayResources::default()
+        },
+    };
+    g.validate().map_err(anyhow::Error::msg)?;
+    if g.listen_address == "0.0.0.0" || g.listen_address == "::" {
+        tracing::warn!(
+            "the gateway listener binds every address: local sandboxes (loopback addresses) could reach it"
+        );
+    }
+    Ok(g)
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,hyper=warn,h2=warn,tower=warn".into());
+    match args.log_format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
+    if args.backend == BackendKind::Kube {
+        bail!("--backend kube is not built yet (docs/manager.md); use --backend local");
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("create {}", args.data_dir.display()))?;
+    let admin = keys::admin_key(&args.data_dir, args.admin_api_key.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let keys =
+        Arc::new(keys::FileKeyStore::open(&args.data_dir, &admin).context("open the key store")?);
+    let metrics = Arc::new(Metrics::new());
+
+    let xds = XdsServer::new(&gateway_resources(&args)?);
+    let running = RunningServer::start(xds.clone(), args.xds_grpc_listen, args.xds_http_listen)
+        .await
+        .context("bind the embedded sandbox-xds")?;
+    let templates = templates::load(args.templates.as_deref(), args.base_pool_size)
+        .map_err(anyhow::Error::msg)?;
+    let runtime_bin = args.runtime_bin();
+    let backend = LocalBackend::open(
+        LocalConfig {
+            data_dir: args.data_dir.clone(),
+            runtime_bin: runtime_bin.clone(),
+            templates,
+            address_range: args.address_range.clone(),
+            min_gateways: args.min_gateways,
+            route_wait: Duration::from_millis(args.route_wait_ms),
+            claim_timeout: Duration::from_secs(args.claim_timeout),
+            startup_timeout: Duration::from_secs(args.startup_timeout),
+            max_sandboxes: args.max_sandboxes,
+        },
+        xds.clone(),
+        metrics.clone(),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    let backend = Arc::new(backend);
+    let ctx = AppCtx {
+        backend: backend.clone(),
+        keys,
+        config: Arc::new(ApiConfig {
+            enable_auth: args.enable_auth,
+            max_timeout_secs: args.max_timeout,
+            domain: args.domain.clone(),
+        }),
+        metrics,
+        idempotency: Arc::new(Idempotency::default()),
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listen on {}", args.listen))?;
+    tracing::info!(
+        api = %listener.local_addr()?,
+        xds_grpc = %running.grpc_addr,
+        xds_http = %running.http_addr,
+        backend = "local",
+        data_dir = %args.data_dir.display(),
+        runtime = %runtime_bin.display(),
+        auth = args.enable_auth,
+        "sandbox-manager serving"
+    );
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            shutdown.cancel();
+        });
+    }
+    let grace = Duration::from_secs(args.shutdown_timeout);
+    api::serve(
+        listener,
+        api::router(ctx, None),
+        shutdown,
+        grace,
+        Duration::from_secs(310),
+    )
+    .await;
+    sandbox_manager::backend::Backend::shutdown(backend.as_ref()).await;
+    running.stop().await;
+    tracing::info!("sandbox-manager stopped");
+    Ok(())
+}
