@@ -1,0 +1,176 @@
+"""Fixtures of the sandbox-manager end-to-end suite.
+
+`stack` (session scope) starts the embedded stack exactly as `make run` does — through
+`scripts/run-local.sh` — on free ports with a scratch run directory, waits for the printed E2B
+environment, exports it (E2B_API_KEY, E2B_API_URL, E2B_SANDBOX_URL, E2B_DOMAIN) for the SDK, and
+at the end stops it with SIGTERM and asserts that no process of it is left.
+
+`Stack` also starts further, independent stacks (`Stack.start(tmp_path)`) for tests that restart
+components or need a private data directory.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "run-local.sh"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Command lines of live processes whose arguments contain `text` (zombies excluded)."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmd and state != "Z":
+            out.append(f"{pid}: {cmd}")
+    return out
+
+
+@dataclass
+class Stack:
+    run_dir: Path
+    env: dict = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+    ports: dict = field(default_factory=dict)
+    extra_env: dict = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, run_dir: Path, pool_size: int = 2, **extra_env) -> "Stack":
+        s = cls(run_dir=Path(run_dir), extra_env={"POOL_SIZE": str(pool_size), **extra_env})
+        s.ports = {k: free_port() for k in ("API_PORT", "GATEWAY_PORT", "XDS_PORT", "XDS_HTTP_PORT", "ENVOY_ADMIN_PORT")}
+        s.launch()
+        return s
+
+    def launch(self, timeout: float = 240) -> None:
+        """Starts run-local.sh (again, on the same ports and data) and waits for its env file."""
+        env_file = self.run_dir / "env"
+        if env_file.exists():
+            env_file.unlink()
+        env = {**os.environ, **{k: str(v) for k, v in self.ports.items()}, **self.extra_env,
+               "RUN_DIR": str(self.run_dir), "GATEWAY_METRICS_PORT": "0", "GATEWAY_CONCURRENCY": "1"}
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.run_dir / "run-local.out", "ab")
+        self.proc = subprocess.Popen([str(SCRIPT)], env=env, stdout=self.log, stderr=self.log,
+                                     start_new_session=True)
+        deadline = time.time() + timeout
+        while not env_file.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"run-local.sh exited ({self.proc.returncode}):\n{self.tail()}")
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"the stack was not ready within {timeout} s:\n{self.tail()}")
+            time.sleep(0.1)
+        self.env = dict(re.findall(r"export (\w+)=(\S+)", env_file.read_text()))
+
+    def tail(self) -> str:
+        parts = []
+        for name in ("run-local.out", "manager.log", "envoy.log"):
+            p = self.run_dir / name
+            if p.exists():
+                parts.append(f"--- {name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:]))
+        return "\n".join(parts)
+
+    @property
+    def api_url(self) -> str:
+        return self.env["E2B_API_URL"]
+
+    @property
+    def api_key(self) -> str:
+        return self.env["E2B_API_KEY"]
+
+    @property
+    def gateway_url(self) -> str:
+        return self.env["E2B_SANDBOX_URL"]
+
+    @property
+    def data_dir(self) -> Path:
+        return self.run_dir / "data"
+
+    def sdk_opts(self) -> dict:
+        """Keyword arguments that point an SDK call at this stack (for stacks other than the
+        session's, whose values are also exported to the environment)."""
+        return {"api_key": self.api_key, "api_url": self.api_url, "sandbox_url": self.gateway_url, "domain": "localhost"}
+
+    def request(self, method: str, path: str, body=None, key: str | None = "admin", headers=None, raw: bytes | None = None, timeout: float = 60):
+        """An API call; returns (status, parsed JSON or text, headers)."""
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        h = {"content-type": "application/json", **(headers or {})}
+        if key == "admin":
+            h["x-api-key"] = self.api_key
+        elif key is not None:
+            h["x-api-key"] = key
+        req = urllib.request.Request(self.api_url + path, data=data, method=method, headers=h)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                status, text, rh = r.status, r.read().decode(), r.headers
+        except urllib.error.HTTPError as e:
+            status, text, rh = e.code, e.read().decode(), e.headers
+        try:
+            return status, json.loads(text) if text else None, rh
+        except json.JSONDecodeError:
+            return status, text, rh
+
+    def stop(self, expect_clean: bool = True) -> None:
+        """SIGTERM to run-local.sh (which stops the manager and Envoy); asserts nothing is left."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                raise AssertionError(f"the stack did not stop within 60 s:\n{self.tail()}")
+        self.proc = None
+        self.log.close()
+        if expect_clean:
+            deadline = time.time() + 30
+            left = processes_mentioning(str(self.run_dir))
+            while left and time.time() < deadline:
+                time.sleep(0.2)
+                left = processes_mentioning(str(self.run_dir))
+            assert not left, f"processes left behind after stopping the stack: {left}"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    for var in ("SANDBOX_MANAGER_BIN", "AGENT_RUNTIME_BIN", "SANDBOX_GATEWAY_MODULE", "ENVOY_BIN"):
+        if not os.environ.get(var):
+            pytest.exit(f"{var} is not set; run the suite with `make test-manager`", returncode=2)
+    s = Stack.start(tmp_path_factory.mktemp("stack"), pool_size=4)
+    saved = {k: os.environ.get(k) for k in s.env}
+    os.environ.update(s.env)
+    os.environ.pop("E2B_DEBUG", None)
+    yield s
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    s.stop()
