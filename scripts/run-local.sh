@@ -27,6 +27,7 @@ run_dir=${RUN_DIR:-$root/.run/local}
 data_dir=${DATA_DIR:-$run_dir/data}
 mkdir -p "$run_dir" "$data_dir"
 run_dir=$(cd "$run_dir" && pwd)
+rm -f "$run_dir/env"
 
 log() { printf '%s\n' "$*" >&2; }
 
