@@ -367,6 +367,19 @@ pub fn deadline_exceeded() -> RpcError {
     )
 }
 
+/// Runs a call under its deadline (`None`: unbounded); past it, `deadline_exceeded`.
+pub async fn with_deadline<T>(
+    deadline: Option<tokio::time::Instant>,
+    call: impl std::future::Future<Output = Result<T, RpcError>>,
+) -> Result<T, RpcError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, call)
+            .await
+            .unwrap_or_else(|_| Err(deadline_exceeded())),
+        None => call.await,
+    }
+}
+
 /// How long a whole request body (a unary message, a server-stream request, `/init`) may take
 /// to arrive when the call sets no earlier deadline. Client streams are not bounded by it.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);

@@ -524,12 +524,7 @@ async fn rpc(state: &Arc<AppState>, req: Request<Incoming>) -> Response<BoxBody>
             crate::filesystem::unary(state, user, &method, &payload).await
         }
     };
-    let result = match deadline {
-        Some(d) => tokio::time::timeout_at(d, call)
-            .await
-            .unwrap_or_else(|_| Err(connect::deadline_exceeded())),
-        None => call.await,
-    };
+    let result = connect::with_deadline(deadline, call).await;
     match result {
         Ok(v) => connect::unary_ok(&v),
         Err(e) => connect::unary_error(&e),

@@ -207,13 +207,7 @@ pub async fn stream_input(
     body: Incoming,
     deadline: Option<Instant>,
 ) -> Response<BoxBody> {
-    let call = consume_input(state, headers, body);
-    let result = match deadline {
-        Some(d) => tokio::time::timeout_at(d, call)
-            .await
-            .unwrap_or_else(|_| Err(connect::deadline_exceeded())),
-        None => call.await,
-    };
+    let result = connect::with_deadline(deadline, consume_input(state, headers, body)).await;
     match result {
         Ok(()) => connect::stream_single(&json!({})),
         Err(e) => connect::stream_error(&e),
