@@ -52,6 +52,9 @@ pub struct Args {
     /// Longest sandbox timeout a client may ask for, seconds (e2b.maxTimeout).
     #[arg(long, env = "E2B_MAX_TIMEOUT", default_value_t = 2_592_000)]
     pub max_timeout: u64,
+    /// Serve the MCP endpoint `/mcp` (streamable HTTP, API-key auth; docs/manager.md).
+    #[arg(long, env = "SANDBOX_MANAGER_MCP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub mcp: bool,
     /// The domain returned to the SDK in create/connect answers (default: none, the SDK keeps
     /// its E2B_DOMAIN).
     #[arg(long, env = "E2B_DOMAIN")]

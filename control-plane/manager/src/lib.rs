@@ -11,10 +11,12 @@
 pub mod api;
 pub mod backend;
 pub mod config;
+pub mod envd;
 pub mod extensions;
 pub mod idempotency;
 pub mod keys;
 pub mod local;
+pub mod mcp;
 pub mod metrics;
 pub mod model;
 pub mod store;

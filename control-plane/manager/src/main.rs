@@ -134,9 +134,12 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     let grace = Duration::from_secs(args.shutdown_timeout);
+    let mcp = args
+        .mcp
+        .then(|| sandbox_manager::mcp::router(ctx.clone(), shutdown.clone()));
     api::serve(
         listener,
-        api::router(ctx, None),
+        api::router(ctx, mcp),
         shutdown,
         grace,
         Duration::from_secs(310),

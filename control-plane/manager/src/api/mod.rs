@@ -6,7 +6,7 @@ pub mod error;
 mod list;
 pub mod models;
 mod other;
-mod sandboxes;
+pub(crate) mod sandboxes;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -63,22 +63,50 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
+/// The caller of a request: its API key checked against the key store (see [`api_key`]); every
+/// request is the admin team when authentication is disabled.
+pub async fn authenticate(
+    ctx: &AppCtx,
+    headers: &http::HeaderMap,
+    bearer: bool,
+) -> Result<Caller, ApiError> {
+    if !ctx.config.enable_auth {
+        return Ok(crate::keys::anonymous_admin());
+    }
+    let raw = api_key(headers, bearer).ok_or_else(ApiError::unauthorized)?;
+    ctx.keys
+        .authenticate(raw)
+        .await
+        .ok_or_else(ApiError::unauthorized)
+}
+
+/// The key a request carries: `X-API-Key`, given once; with `bearer` and no `X-API-Key`,
+/// `Authorization: Bearer <key>`, given once (what MCP clients send).
+pub(crate) fn api_key(headers: &http::HeaderMap, bearer: bool) -> Option<&str> {
+    /// `None`: absent; `Some(None)`: repeated or not text.
+    fn once<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<Option<&'a str>> {
+        let mut values = headers.get_all(name).iter();
+        let first = values.next()?;
+        Some(match values.next() {
+            Some(_) => None,
+            None => first.to_str().ok().map(str::trim),
+        })
+    }
+    match once(headers, "x-api-key") {
+        Some(key) => key,
+        None if bearer => {
+            let (scheme, key) = once(headers, "authorization")??.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+        }
+        None => None,
+    }
+}
+
 impl FromRequestParts<AppCtx> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, ctx: &AppCtx) -> Result<Self, ApiError> {
-        if !ctx.config.enable_auth {
-            return Ok(crate::keys::anonymous_admin());
-        }
-        let mut values = parts.headers.get_all("x-api-key").iter();
-        let (Some(v), None) = (values.next(), values.next()) else {
-            return Err(ApiError::unauthorized());
-        };
-        let raw = v.to_str().map_err(|_| ApiError::unauthorized())?.trim();
-        ctx.keys
-            .authenticate(raw)
-            .await
-            .ok_or_else(ApiError::unauthorized)
+        authenticate(ctx, &parts.headers, false).await
     }
 }
 
@@ -242,7 +270,7 @@ fn route_label(req: &Request) -> String {
 }
 
 /// Request id, structured log line and metrics of every request.
-async fn observe(State(ctx): State<AppCtx>, req: Request, next: Next) -> Response {
+pub(crate) async fn observe(State(ctx): State<AppCtx>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().clone();
     let route = route_label(&req);

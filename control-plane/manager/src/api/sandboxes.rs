@@ -53,7 +53,7 @@ fn env_vars(raw: Option<BTreeMap<String, String>>) -> ApiResult<BTreeMap<String,
 }
 
 /// Turns a create body into a validated spec, refusing what this backend cannot do.
-fn create_spec(ctx: &AppCtx, caller: Caller, new: NewSandbox) -> ApiResult<CreateSpec> {
+pub(crate) fn create_spec(ctx: &AppCtx, caller: Caller, new: NewSandbox) -> ApiResult<CreateSpec> {
     let template_id = new
         .template_id
         .filter(|t| !t.trim().is_empty())
