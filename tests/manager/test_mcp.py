@@ -20,9 +20,10 @@ TOOLS = {"create_sandbox", "kill_sandbox", "run_command", "read_file", "write_fi
 
 
 @asynccontextmanager
-async def mcp_client(stack, headers: dict, statuses: list | None = None):
+async def mcp_client(stack, headers: dict, statuses: list | None = None, mode: str = "auto"):
     """An MCP client of the stack's /mcp with these HTTP headers; `statuses` collects the HTTP
-    status of every response."""
+    status of every response. `mode="legacy"` uses the initialize handshake of the protocol
+    versions before 2026-07-28 instead of `server/discover`."""
 
     async def record(response):
         if statuses is not None:
@@ -33,7 +34,7 @@ async def mcp_client(stack, headers: dict, statuses: list | None = None):
         timeout=httpx2.Timeout(30, read=300),
         event_hooks={"response": [record]},
     ) as http:
-        async with Client(streamable_http_client(f"{stack.api_url}/mcp", http_client=http)) as client:
+        async with Client(streamable_http_client(f"{stack.api_url}/mcp", http_client=http), mode=mode) as client:
             yield client
 
 
@@ -290,3 +291,15 @@ def test_the_endpoint_can_be_turned_off(tmp_path):
         assert status == 404, body
     finally:
         s.stop()
+
+
+async def test_clients_of_the_handshake_era_work_too(stack):
+    async with mcp_client(stack, {"X-API-Key": stack.api_key}, mode="legacy") as client:
+        assert client.protocol_version < "2026-07-28"
+        assert {t.name for t in (await client.list_tools()).tools} == TOOLS
+        sid = (await call_ok(client, "create_sandbox", {"timeout": 60}))["sandbox_id"]
+        try:
+            out = await call_ok(client, "run_command", {"sandbox_id": sid, "command": "echo legacy"})
+            assert out["stdout"] == "legacy\n"
+        finally:
+            await call_ok(client, "kill_sandbox", {"sandbox_id": sid})
