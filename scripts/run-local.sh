@@ -39,6 +39,8 @@ stop() {
         kill -TERM "${pids[@]}" 2>/dev/null || true
         for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     fi
+    # A manager that crashed took its runtimes with it, but not what they started: kill that.
+    "$manager" --data-dir "$data_dir" --reap >>"$run_dir/manager.log" 2>&1 || true
 }
 trap stop EXIT
 trap 'exit 130' INT

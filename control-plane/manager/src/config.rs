@@ -113,6 +113,11 @@ pub struct Args {
     #[arg(long, env = "SANDBOX_MANAGER_ROUTE_WAIT_MS", default_value_t = 5000)]
     pub route_wait_ms: u64,
 
+    /// local: kill whatever processes a previous run with this data directory left behind
+    /// (after a crash), then exit. Records and files are kept.
+    #[arg(long)]
+    pub reap: bool,
+
     /// Seconds open requests get after SIGTERM/SIGINT.
     #[arg(long, env = "SANDBOX_MANAGER_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout: u64,

@@ -70,6 +70,13 @@ async fn main() -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
+    if args.reap {
+        let n = sandbox_manager::local::reap(&args.data_dir)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(sandboxes = n, "leftover sandbox processes killed");
+        return Ok(());
+    }
     let admin = keys::admin_key(&args.data_dir, args.admin_api_key.as_deref())
         .map_err(anyhow::Error::msg)?;
     let keys =

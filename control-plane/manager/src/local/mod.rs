@@ -152,8 +152,7 @@ impl LocalBackend {
             .data_dir
             .canonicalize()
             .map_err(|e| format!("{}: {e}", cfg.data_dir.display()))?;
-        let instance = hex::encode(&Sha256::digest(data.as_os_str().as_encoded_bytes())[..6]);
-        let containment = Containment::detect(&format!("kruise-sandboxes-{instance}"));
+        let (instance, containment) = instance_of(&data);
         tracing::info!(containment = %containment.describe(), "local sandboxes containment");
         let launcher = Launcher {
             runtime_bin: cfg.runtime_bin.clone(),
@@ -195,6 +194,49 @@ impl LocalBackend {
         backend.inner.update_gauges();
         Ok(backend)
     }
+}
+
+/// The id of the manager instance that owns `data` (canonical) and its containment.
+fn instance_of(data: &Path) -> (String, Containment) {
+    let instance = hex::encode(&Sha256::digest(data.as_os_str().as_encoded_bytes())[..6]);
+    let containment = Containment::detect(&format!("kruise-sandboxes-{instance}"));
+    (instance, containment)
+}
+
+/// Kills every sandbox process a run of the manager with this data directory left behind (a
+/// crashed manager: its runtimes die with it, but commands they started may not). Records and
+/// files stay; the next start restores the sandboxes as paused. Returns how many sandboxes had
+/// leftovers to kill.
+pub async fn reap(data_dir: &Path) -> Result<usize, String> {
+    let data = data_dir
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", data_dir.display()))?;
+    let (_, containment) = instance_of(&data);
+    let mut n = 0;
+    let entries = std::fs::read_dir(data.join("sandboxes"))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for path in entries {
+        if let Ok(Some(note)) =
+            crate::store::read_json::<runtime::ProcessNote>(&path.join("runtime.json"))
+        {
+            runtime::kill_leftover(&note).await;
+            n += 1;
+        }
+    }
+    if let Containment::Cgroup(base) = &containment {
+        if let Ok(rd) = std::fs::read_dir(base) {
+            for e in rd.filter_map(Result::ok).filter(|e| e.path().is_dir()) {
+                contain::kill(Some(&e.path()), 0, "").await;
+            }
+        }
+        let _ = std::fs::remove_dir(base);
+    }
+    Ok(n)
 }
 
 impl Inner {
