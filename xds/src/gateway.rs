@@ -10,14 +10,15 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
 use envoy_types::pb::envoy::config::accesslog::v3::{
-    AccessLogFilter, ResponseFlagFilter, access_log_filter,
+    AccessLogFilter, ComparisonFilter, ResponseFlagFilter, StatusCodeFilter, access_log_filter,
+    comparison_filter,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{
     CircuitBreakers, Cluster, circuit_breakers::Thresholds, cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
     Address, Http1ProtocolOptions, Http2ProtocolOptions,
-    HttpProtocolOptions as CoreHttpProtocolOptions, RoutingPriority, SocketAddress,
+    HttpProtocolOptions as CoreHttpProtocolOptions, RoutingPriority, RuntimeUInt32, SocketAddress,
     SubstitutionFormatString, address, http_protocol_options::HeadersWithUnderscoresAction,
     socket_address, substitution_format_string,
 };
@@ -290,6 +291,47 @@ fn json_format(fields: &[(&str, serde_json::Value)]) -> SubstitutionFormatString
     }
 }
 
+/// Envoy's own replies to client mistakes (an unfinished head: 408, a body over the buffer
+/// limit: 413, headers too large: 431) carry the platform's JSON error shape instead of plain
+/// text. The module never answers with these codes, so its own bodies are untouched.
+pub const JSON_REPLY_CODES: [(u32, &str); 3] = [
+    (
+        408,
+        "request timeout: the request head did not arrive in time",
+    ),
+    (413, "payload too large"),
+    (431, "request header fields too large"),
+];
+
+fn json_error_mappers() -> Vec<ResponseMapper> {
+    JSON_REPLY_CODES
+        .iter()
+        .map(|(code, message)| ResponseMapper {
+            filter: Some(AccessLogFilter {
+                filter_specifier: Some(access_log_filter::FilterSpecifier::StatusCodeFilter(
+                    StatusCodeFilter {
+                        comparison: Some(ComparisonFilter {
+                            op: comparison_filter::Op::Eq as i32,
+                            value: Some(RuntimeUInt32 {
+                                default_value: *code,
+                                runtime_key: format!("sandbox_gateway.json_reply_{code}"),
+                            }),
+                        }),
+                    },
+                )),
+            }),
+            body_format_override: Some(SubstitutionFormatString {
+                content_type: "application/json".into(),
+                ..json_format(&[
+                    ("code", serde_json::json!(code)),
+                    ("message", serde_json::json!(message)),
+                ])
+            }),
+            ..Default::default()
+        })
+        .collect()
+}
+
 fn access_log() -> AccessLog {
     use serde_json::json;
     let fields = [
@@ -477,7 +519,9 @@ impl GatewayResources {
                 Vec::new()
             },
             local_reply_config: Some(LocalReplyConfig {
-                mappers: vec![port_not_open],
+                mappers: std::iter::once(port_not_open)
+                    .chain(json_error_mappers())
+                    .collect(),
                 ..Default::default()
             }),
             route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
@@ -514,6 +558,10 @@ impl GatewayResources {
         };
         let hcm = self.downstream_limits(HttpConnectionManager {
             stat_prefix: "metrics".into(),
+            local_reply_config: Some(LocalReplyConfig {
+                mappers: json_error_mappers(),
+                ..Default::default()
+            }),
             route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(
                 RouteConfiguration {
                     virtual_hosts: vec![VirtualHost {

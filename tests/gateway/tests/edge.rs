@@ -20,6 +20,10 @@ fn closed_with_408(addr: SocketAddr, raw: &[u8]) {
         .unwrap_or_else(|| panic!("{addr}: connection still open after {BOUND:?}"));
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 408 "), "{text:?}");
+    assert!(
+        text.contains("content-type: application/json") && text.contains(r#""code":408"#),
+        "Envoy's 408 carries the JSON error shape: {text:?}"
+    );
 }
 
 #[test]

@@ -43,6 +43,10 @@ fn the_served_listener_bounds_clients_and_refuses_platform_addresses() {
         .expect("connection with an unfinished head closed");
     let text = String::from_utf8_lossy(&got);
     assert!(text.starts_with("HTTP/1.1 408 "), "{text:?}");
+    assert!(
+        text.contains("content-type: application/json") && text.contains(r#""code":408"#),
+        "Envoy's 408 carries the JSON error shape: {text:?}"
+    );
     // Nothing at all: closed by the listener.
     assert!(
         read_until_closed(gw.addr, b"", BOUND).is_some(),
