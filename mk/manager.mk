@@ -16,3 +16,26 @@ build-local-stack:
 
 run-local: venv build-local-stack
 	scripts/run-local.sh
+
+# The older E2B SDK (2.37.1: v1 API) for tests/manager/legacy, in its own virtualenv.
+VENV_LEGACY ?= $(CURDIR)/.venv-legacy
+.PHONY: venv-legacy
+venv-legacy: $(VENV_LEGACY)/.installed
+$(VENV_LEGACY)/.installed: tests/requirements-legacy.txt
+	test -x "$(VENV_LEGACY)/bin/python" || $(PYTHON) -m venv "$(VENV_LEGACY)"
+	"$(VENV_LEGACY)/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/requirements-legacy.txt
+	@touch $@
+
+# The end-to-end suite: the stack as `make run` starts it, driven by e2b 2.63.0 (tests/manager),
+# then by e2b 2.37.1 (tests/manager/legacy, same fixtures). Both always run; either failing fails.
+test-manager-e2e: venv venv-legacy build-local-stack
+	status=0; \
+	$(VENV)/bin/python -m pytest -q tests/manager || status=$$?; \
+	$(VENV_LEGACY)/bin/python -m pytest -q tests/manager/legacy || status=$$?; \
+	exit $$status
+
+test-manager:
+	$(CARGO) test --locked -p sandbox-manager
+	$(MAKE) test-manager-e2e
+
+EXTRA_TEST_TARGETS += test-manager-e2e

@@ -71,6 +71,7 @@ class Stack:
         env_file = self.run_dir / "env"
         if env_file.exists():
             env_file.unlink()
+        self.env = {}
         env = {**os.environ, **{k: str(v) for k, v in self.ports.items()}, **self.extra_env,
                "RUN_DIR": str(self.run_dir), "GATEWAY_METRICS_PORT": "0", "GATEWAY_CONCURRENCY": "1"}
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -78,14 +79,18 @@ class Stack:
         self.proc = subprocess.Popen([str(SCRIPT)], env=env, stdout=self.log, stderr=self.log,
                                      start_new_session=True)
         deadline = time.time() + timeout
-        while not env_file.exists():
+        wanted = {"E2B_API_KEY", "E2B_API_URL", "E2B_SANDBOX_URL", "E2B_DOMAIN"}
+        # The script writes the file with a redirection: it exists (empty or partial) a moment
+        # before its content is complete.
+        while not wanted <= self.env.keys():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"run-local.sh exited ({self.proc.returncode}):\n{self.tail()}")
             if time.time() > deadline:
                 self.stop()
                 raise RuntimeError(f"the stack was not ready within {timeout} s:\n{self.tail()}")
             time.sleep(0.1)
-        self.env = dict(re.findall(r"export (\w+)=(\S+)", env_file.read_text()))
+            if env_file.exists():
+                self.env = dict(re.findall(r"export (\w+)=(\S+)\n", env_file.read_text()))
 
     def tail(self) -> str:
         parts = []
@@ -174,3 +179,17 @@ def stack(tmp_path_factory):
         else:
             os.environ[k] = v
     s.stop()
+
+
+@pytest.fixture
+def kill_after(stack):
+    """A list to append sandbox ids (or SDK sandboxes) to; each is killed (admin key, raw DELETE)
+    when the test ends, whatever its outcome, so no test leaves sandboxes for the next."""
+    ids: list = []
+    yield ids
+    for s in ids:
+        sid = getattr(s, "sandbox_id", s)
+        try:
+            stack.request("DELETE", f"/sandboxes/{sid}", timeout=30)
+        except OSError:
+            pass
