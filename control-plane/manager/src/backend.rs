@@ -22,6 +22,8 @@ pub struct Capabilities {
     pub kubernetes: bool,
     /// Egress rules (`allow_internet_access: false`, `network`) are enforced.
     pub egress_rules: bool,
+    /// A paused sandbox wakes up on inbound traffic (`autoResume`).
+    pub auto_resume: bool,
 }
 
 #[async_trait]

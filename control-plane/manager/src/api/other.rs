@@ -31,19 +31,23 @@ pub async fn create_snapshot(
     Ok((StatusCode::CREATED, Json(models::snapshot(&s))).into_response())
 }
 
-/// `GET /snapshots?sandboxID=&limit=&nextToken=`: newest first, `X-Next-Token` while more remain.
+/// `GET /snapshots?sandboxID=&name=&limit=&nextToken=`: newest first, `X-Next-Token` while more
+/// remain; `name` matches a snapshot's id or one of its names.
 pub async fn list_snapshots(
     State(ctx): State<AppCtx>,
     caller: Caller,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
     let mut sandbox = None;
+    let mut name = None;
     let mut limit = 100usize;
     let mut after: Option<String> = None;
     for pair in query.as_deref().unwrap_or("").split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = super::list::percent_decode(v);
         match k {
-            "sandboxID" => sandbox = Some(v.to_string()),
+            "sandboxID" => sandbox = Some(v),
+            "name" => name = Some(v),
             "limit" => {
                 limit = v
                     .parse()
@@ -51,7 +55,7 @@ pub async fn list_snapshots(
                     .filter(|n| (1..=100).contains(n))
                     .ok_or_else(|| ApiError::bad_request(format!("invalid limit {v:?}")))?
             }
-            "nextToken" => after = Some(v.to_string()),
+            "nextToken" => after = Some(v),
             _ => {}
         }
     }
@@ -60,6 +64,9 @@ pub async fn list_snapshots(
         sandbox
             .as_ref()
             .is_none_or(|id| s.sandbox_id.as_str() == id)
+            && name
+                .as_ref()
+                .is_none_or(|n| &s.id == n || s.names.contains(n))
     });
     all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
     if let Some(a) = &after {

@@ -86,6 +86,13 @@ pub(crate) fn create_spec(ctx: &AppCtx, caller: Caller, new: NewSandbox) -> ApiR
             "egress rules were requested but this backend does not enforce them; the sandbox reports allowInternetAccess=true"
         );
     }
+    let auto_resume = new.auto_resume.is_some_and(|a| a.enabled());
+    if auto_resume && !caps.auto_resume {
+        tracing::warn!(
+            backend = ctx.backend.name(),
+            "autoResume was requested but this backend does not wake sandboxes on traffic; the sandbox reports autoResume=false (connect resumes it)"
+        );
+    }
     let skip_init = parsed.extensions.skip_init_runtime;
     Ok(CreateSpec {
         caller,
@@ -97,12 +104,14 @@ pub(crate) fn create_spec(ctx: &AppCtx, caller: Caller, new: NewSandbox) -> ApiR
             } else {
                 OnTimeout::Kill
             },
-            auto_resume: new.auto_resume.is_some_and(|a| a.enabled()),
+            auto_resume: auto_resume && caps.auto_resume,
         },
         metadata: parsed.metadata,
         labels: parsed.labels,
         env_vars: env_vars(new.env_vars)?,
-        secure: new.secure.unwrap_or(true) && !skip_init,
+        // E2B's v2 sandboxes are always secured and upstream ignores `secure`: every sandbox
+        // gets an access token unless the runtime is not initialised at all.
+        secure: !skip_init,
         allow_internet_access: new.allow_internet_access,
         network: new.network,
         extensions: parsed.extensions,

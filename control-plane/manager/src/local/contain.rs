@@ -241,37 +241,68 @@ async fn wait_event(cg: &Path, line: &str) {
 mod tests {
     use super::*;
 
+    /// Kills what a test started, even when an assertion failed first.
+    struct Cleanup(String);
+
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            for p in members(0, &self.0) {
+                let _ = crate::sys::kill(p as i32, libc::SIGCONT);
+                let _ = crate::sys::kill(p as i32, libc::SIGKILL);
+            }
+        }
+    }
+
+    fn state(p: u32) -> char {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .ok()
+            .and_then(|s| s[s.rfind(')')? + 2..].chars().next())
+            .unwrap_or('?')
+    }
+
     #[tokio::test]
     async fn process_tree_members_freeze_thaw_and_kill() {
         let marker = format!("test-{}", crate::model::random_alnum(8));
-        // A shell in its own session with a child that outlives it in the tree.
+        let _cleanup = Cleanup(marker.clone());
+        // A shell in its own session with two children.
         let mut child = std::process::Command::new("setsid")
             .args(["sh", "-c", "sleep 60 & sleep 60"])
             .env(MARKER_VAR, &marker)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
         let root = child.id();
+        // Wait until both sleeps run (the shell's forks have exec'd).
+        let sleeping = |m: &HashSet<u32>| {
+            m.iter()
+                .filter(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|c| c.trim() == "sleep")
+                })
+                .count()
+        };
         let mut m = HashSet::new();
-        for _ in 0..200 {
+        for _ in 0..500 {
             m = members(root, &marker);
-            if m.len() >= 3 {
+            if sleeping(&m) == 2 {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert!(m.len() >= 3, "{m:?}");
+        assert_eq!(sleeping(&m), 2, "{m:?}");
+        assert!(m.contains(&root), "{m:?}");
         freeze(None, root, &marker).await.unwrap();
-        let state = |p: u32| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .map(|s| s[s.rfind(')').unwrap() + 2..].chars().next().unwrap())
-                .unwrap_or('?')
-        };
-        assert!(m.iter().all(|p| state(*p) == 'T'), "all stopped");
+        let frozen = members(root, &marker);
+        assert!(
+            frozen.iter().all(|p| state(*p) == 'T'),
+            "all stopped: {frozen:?}"
+        );
         thaw(None, root, &marker).await.unwrap();
-        assert!(m.iter().all(|p| state(*p) != 'T'), "all running again");
+        assert!(frozen.iter().all(|p| state(*p) != 'T'), "all running again");
         kill(None, root, &marker).await;
         let _ = child.wait();
-        for _ in 0..200 {
+        for _ in 0..500 {
             if members(0, &marker).is_empty() {
                 return;
             }

@@ -83,6 +83,10 @@ struct Persisted {
     /// A paused sandbox is killed at this time (`reserve-paused-sandbox-duration`).
     paused_until: Option<Timestamp>,
     reserve_paused_for: Option<Duration>,
+    /// Stopped by the manager (a stop or a crash) while running: shown as paused, but its
+    /// deadline still applies as if it ran (a kill-on-timeout sandbox is killed at `end_at`).
+    #[serde(default)]
+    suspended: bool,
 }
 
 /// A claimed sandbox: its state behind a lock that serialises its lifecycle operations.
@@ -588,6 +592,7 @@ impl Inner {
                 workdir: opts.workdir,
                 paused_until: None,
                 reserve_paused_for: spec.extensions.reserve_paused_for,
+                suspended: false,
             },
             process: Some(process),
             uid: random_alnum(16),
@@ -716,6 +721,7 @@ impl Inner {
         }
         st.p.record.state = SandboxState::Running;
         st.p.paused_until = None;
+        st.p.suspended = false;
         let now = Timestamp::now();
         if st.p.record.end_at.is_some() {
             let end = now + timeout;
@@ -758,6 +764,18 @@ impl Inner {
                     }
                 }
             }
+            SandboxState::Paused if st.p.suspended => {
+                if st.p.record.end_at.is_none_or(|e| e > now) {
+                    return;
+                }
+                match st.p.record.lifecycle.on_timeout {
+                    OnTimeout::Kill => {
+                        tracing::info!(sandbox = %id, "stopped sandbox reached its timeout");
+                        self.destroy(&mut st).await;
+                    }
+                    OnTimeout::Pause => self.settle_suspended(&mut st, now),
+                }
+            }
             SandboxState::Paused => {
                 if st.p.paused_until.is_some_and(|t| t <= now) {
                     tracing::info!(sandbox = %id, "paused sandbox reached its retention");
@@ -767,6 +785,18 @@ impl Inner {
         }
         drop(st);
         self.update_gauges();
+    }
+
+    /// A stopped (suspended) auto-pause sandbox whose deadline passed is now simply paused.
+    fn settle_suspended(&self, st: &mut SbxState, now: Timestamp) {
+        st.p.suspended = false;
+        st.p.paused_until = st.p.reserve_paused_for.map(|d| now + d);
+        if let Err(e) = self.persist(st) {
+            tracing::error!(error = %e, "cannot record a paused sandbox");
+        }
+        if let Some(t) = st.p.paused_until {
+            self.expiry.schedule(&st.p.record.id, t);
+        }
     }
 
     /// Restores claimed sandboxes from disk as paused, discards pool leftovers, kills every
@@ -792,18 +822,23 @@ impl Inner {
                 continue;
             };
             let now = Timestamp::now();
-            let expired = p.record.state == SandboxState::Running
-                && p.record.lifecycle.on_timeout == OnTimeout::Kill
-                && p.record.end_at.is_some_and(|e| e <= now);
-            if expired || p.paused_until.is_some_and(|t| t <= now) {
+            if p.record.state == SandboxState::Running {
+                // The previous run crashed: like a stop.
+                p.record.state = SandboxState::Paused;
+                p.suspended = true;
+            }
+            let deadline_passed = p.record.end_at.is_some_and(|e| e <= now);
+            let killed = (p.suspended
+                && deadline_passed
+                && p.record.lifecycle.on_timeout == OnTimeout::Kill)
+                || (!p.suspended && p.paused_until.is_some_and(|t| t <= now));
+            if killed {
                 tracing::info!(sandbox = %p.record.id, "sandbox expired while the manager was down");
                 let _ = std::fs::remove_dir_all(&path);
                 continue;
             }
-            if p.record.state == SandboxState::Running {
+            if p.suspended {
                 tracing::info!(sandbox = %p.record.id, "sandbox restored as paused (its processes ended with the previous run; its files are kept)");
-                p.record.state = SandboxState::Paused;
-                p.paused_until = p.reserve_paused_for.map(|d| now + d);
             }
             if let Some(IpAddr::V4(ip)) = p.record.ip {
                 self.addrs.claim(ip);
@@ -818,7 +853,14 @@ impl Inner {
                 tracing::error!(error = %e, "cannot rewrite a restored sandbox record");
             }
             self.xds.routes.upsert(self.route(&st, RouteState::Paused));
-            if let Some(t) = st.p.paused_until {
+            let mut st = st;
+            if st.p.suspended && deadline_passed {
+                self.settle_suspended(&mut st, now);
+            } else if st.p.suspended {
+                if let Some(end) = st.p.record.end_at {
+                    self.expiry.schedule(&st.p.record.id, end);
+                }
+            } else if let Some(t) = st.p.paused_until {
                 self.expiry.schedule(&st.p.record.id, t);
             }
             self.sandboxes
@@ -934,6 +976,7 @@ impl Backend for LocalBackend {
         Capabilities {
             kubernetes: false,
             egress_rules: false,
+            auto_resume: false,
         }
     }
 
@@ -1233,6 +1276,7 @@ impl Backend for LocalBackend {
             }
             if st.p.record.state == SandboxState::Running {
                 st.p.record.state = SandboxState::Paused;
+                st.p.suspended = true;
                 if let Err(e) = i.persist(&st) {
                     tracing::error!(error = %e, "cannot record a sandbox stopped by shutdown");
                 }
