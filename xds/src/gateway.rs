@@ -29,8 +29,8 @@ use envoy_types::pb::envoy::config::listener::v3::{
     Filter, FilterChain, Listener, ListenerFilter, filter, listener_filter,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
-    route_match,
+    HeaderMatcher, RetryPolicy, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
+    header_matcher, route, route_action, route_match,
 };
 use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
     StdoutAccessLog, stdout_access_log,
@@ -46,6 +46,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     HttpProtocolOptions, http_protocol_options,
 };
+use envoy_types::pb::envoy::r#type::matcher::v3::{RegexMatcher, StringMatcher, string_matcher};
 use envoy_types::pb::envoy::r#type::metadata::v3::{MetadataKey, metadata_key};
 use envoy_types::pb::google::protobuf::{Any, Duration, Struct, UInt32Value, Value, value};
 use prost::Message;
@@ -291,6 +292,60 @@ fn json_format(fields: &[(&str, serde_json::Value)]) -> SubstitutionFormatString
     }
 }
 
+/// The 502 of a request whose sandbox connection closed before an answer (after the retry, or
+/// for a request that may not be repeated).
+pub const UPSTREAM_CLOSED_MESSAGE: &str =
+    "The sandbox is running but closed the connection before answering";
+
+/// Retries of requests whose upstream connection failed: a pooled connection the sandbox
+/// already closed (a server that stopped) resets before the request is sent (any method), or
+/// right after it (idempotent methods only, which HTTP allows to repeat). One retry on a new
+/// connection then succeeds, or is the "port is not open" 502.
+pub const RETRY_ON: &str = "reset-before-request";
+pub const IDEMPOTENT_RETRY_ON: &str = "reset-before-request,reset";
+pub const IDEMPOTENT_METHODS: &str = "GET|HEAD|OPTIONS";
+
+/// The route to the `sandboxes` cluster: no timeout (commands stream for hours), one retry.
+fn sandbox_route(name: &str, retry_on: &str, idempotent_only: bool) -> Route {
+    Route {
+        name: name.into(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
+            headers: if idempotent_only {
+                vec![HeaderMatcher {
+                    name: ":method".into(),
+                    header_match_specifier: Some(
+                        header_matcher::HeaderMatchSpecifier::StringMatch(StringMatcher {
+                            match_pattern: Some(string_matcher::MatchPattern::SafeRegex(
+                                RegexMatcher {
+                                    regex: IDEMPOTENT_METHODS.into(),
+                                    ..Default::default()
+                                },
+                            )),
+                            ..Default::default()
+                        }),
+                    ),
+                    ..Default::default()
+                }]
+            } else {
+                Vec::new()
+            },
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster("sandboxes".into())),
+            timeout: Some(secs(0)),
+            retry_policy: Some(RetryPolicy {
+                retry_on: retry_on.into(),
+                num_retries: u32v(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
 /// Envoy's own replies to client mistakes (an unfinished head: 408, a body over the buffer
 /// limit: 413, headers too large: 431) carry the platform's JSON error shape instead of plain
 /// text. The module never answers with these codes, so its own bodies are untouched.
@@ -459,31 +514,19 @@ impl GatewayResources {
             virtual_hosts: vec![VirtualHost {
                 name: "sandboxes".into(),
                 domains: vec!["*".into()],
-                routes: vec![Route {
-                    name: "sandbox".into(),
-                    r#match: Some(RouteMatch {
-                        path_specifier: Some(route_match::PathSpecifier::Prefix("/".into())),
-                        ..Default::default()
-                    }),
-                    action: Some(route::Action::Route(RouteAction {
-                        cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                            "sandboxes".into(),
-                        )),
-                        // No route timeout: commands stream for hours.
-                        timeout: Some(secs(0)),
-                        ..Default::default()
-                    })),
-                    ..Default::default()
-                }],
+                routes: vec![
+                    sandbox_route("sandbox_idempotent", IDEMPOTENT_RETRY_ON, true),
+                    sandbox_route("sandbox", RETRY_ON, false),
+                ],
                 ..Default::default()
             }],
             ..Default::default()
         };
-        let port_not_open = ResponseMapper {
+        let upstream_502 = |flag: &str, message: &str| ResponseMapper {
             filter: Some(AccessLogFilter {
                 filter_specifier: Some(access_log_filter::FilterSpecifier::ResponseFlagFilter(
                     ResponseFlagFilter {
-                        flags: vec!["UF".into()],
+                        flags: vec![flag.into()],
                     },
                 )),
             }),
@@ -495,15 +538,14 @@ impl GatewayResources {
                         "sandboxId",
                         serde_json::json!("%DYNAMIC_METADATA(envoy.lb.original_dst:sandbox_id)%"),
                     ),
-                    (
-                        "message",
-                        serde_json::json!("The sandbox is running but port is not open"),
-                    ),
+                    ("message", serde_json::json!(message)),
                     ("code", serde_json::json!(502)),
                 ])
             }),
             ..Default::default()
         };
+        let port_not_open = upstream_502("UF", "The sandbox is running but port is not open");
+        let closed = upstream_502("UC", UPSTREAM_CLOSED_MESSAGE);
         let hcm = self.downstream_limits(HttpConnectionManager {
             stat_prefix: "sandbox_gateway".into(),
             // No request_timeout and no max_stream_duration: commands stream for hours. A stream
@@ -519,7 +561,8 @@ impl GatewayResources {
                 Vec::new()
             },
             local_reply_config: Some(LocalReplyConfig {
-                mappers: std::iter::once(port_not_open)
+                mappers: [port_not_open, closed]
+                    .into_iter()
                     .chain(json_error_mappers())
                     .collect(),
                 ..Default::default()
