@@ -39,3 +39,13 @@ test-manager:
 	$(MAKE) test-manager-e2e
 
 EXTRA_TEST_TARGETS += test-manager-e2e
+
+# Release binaries, the stack as `make run` starts it, the real SDK (benches/manager/bench.py;
+# results in docs/benchmarks.md). BENCH_MANAGER_ARGS="--rounds 10" for more samples.
+BENCH_MANAGER_ARGS ?=
+bench-manager: venv
+	$(CARGO) build --locked --release -p sandbox-manager -p agent-runtime -p sandbox-gateway-filter
+	SANDBOX_MANAGER_BIN=$(CARGO_TARGET_DIR)/release/sandbox-manager \
+	AGENT_RUNTIME_BIN=$(CARGO_TARGET_DIR)/release/agent-runtime \
+	SANDBOX_GATEWAY_MODULE=$(CARGO_TARGET_DIR)/release/libsandbox_gateway.so \
+		$(VENV)/bin/python benches/manager/bench.py $(BENCH_MANAGER_ARGS)
