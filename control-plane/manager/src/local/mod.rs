@@ -906,6 +906,9 @@ async fn expiry_loop(inner: Weak<Inner>) {
     }
 }
 
+/// How long takes must pause before a pool that is more than half full is refilled.
+const REFILL_SETTLE: Duration = Duration::from_millis(50);
+
 async fn refill_loop(inner: Weak<Inner>, pool: Arc<Pool>) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -924,6 +927,20 @@ async fn refill_loop(inner: Weak<Inner>, pool: Arc<Pool>) {
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
             continue;
+        }
+        // While more than half the pool is still there, let a burst of creates finish before
+        // spending CPU on starting processes: refill once takes have paused for a moment.
+        if pool.available() * 2 > pool.template.pool_size {
+            let since = pool.since_last_take();
+            if since < REFILL_SETTLE {
+                let shutdown = i.shutdown.clone();
+                drop(i);
+                tokio::select! {
+                    _ = tokio::time::sleep(REFILL_SETTLE - since) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                continue;
+            }
         }
         // Start up to two at a time (a 2-core machine runs the tests too).
         let batch = need.min(2);

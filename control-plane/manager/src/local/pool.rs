@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -20,6 +21,7 @@ pub struct Pool {
     /// Set once the pool first reached its size (readiness).
     pub warmed: AtomicBool,
     pub wake: Notify,
+    last_take: Mutex<Option<Instant>>,
 }
 
 impl Pool {
@@ -31,6 +33,7 @@ impl Pool {
             starting: AtomicUsize::new(0),
             warmed: AtomicBool::new(warm),
             wake: Notify::new(),
+            last_take: Mutex::new(None),
         }
     }
 
@@ -41,6 +44,7 @@ impl Pool {
     /// A warm sandbox, oldest first; wakes the refill task.
     pub fn take(&self) -> Option<RuntimeProcess> {
         let p = self.lock().pop_front();
+        *self.last_take.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         self.wake.notify_one();
         p
     }
@@ -51,6 +55,14 @@ impl Pool {
         if ready.len() >= self.template.pool_size {
             self.warmed.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// Time since the last take (a long time if there was none).
+    pub fn since_last_take(&self) -> Duration {
+        self.last_take
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map_or(Duration::MAX, |t| t.elapsed())
     }
 
     pub fn available(&self) -> usize {
