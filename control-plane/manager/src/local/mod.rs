@@ -14,7 +14,7 @@
 mod contain;
 mod expiry;
 mod pool;
-mod runtime;
+pub(crate) mod runtime;
 mod snapshot;
 pub mod templates;
 
@@ -80,6 +80,8 @@ struct Persisted {
     env_vars: BTreeMap<String, String>,
     start_env: BTreeMap<String, String>,
     workdir: String,
+    #[serde(default)]
+    services: Vec<templates::Service>,
     /// A paused sandbox is killed at this time (`reserve-paused-sandbox-duration`).
     paused_until: Option<Timestamp>,
     reserve_paused_for: Option<Duration>,
@@ -470,6 +472,7 @@ impl Inner {
                 env: t.env.clone(),
                 workdir: t.workdir.clone(),
                 setup: t.setup.clone(),
+                services: t.services.clone(),
             };
             let started = Instant::now();
             if let Some(p) = self.pools.get(&t.id).and_then(|p| p.take()) {
@@ -507,6 +510,7 @@ impl Inner {
             env: t.map(|t| t.env.clone()).unwrap_or_default(),
             workdir: t.map(|t| t.workdir.clone()).unwrap_or_default(),
             setup: None,
+            services: t.map(|t| t.services.clone()).unwrap_or_default(),
         };
         let home = runtime::home_of(&self.snapshot_dir(&snap.id));
         let p = self
@@ -590,6 +594,7 @@ impl Inner {
                 env_vars: spec.env_vars.clone(),
                 start_env: opts.env,
                 workdir: opts.workdir,
+                services: opts.services,
                 paused_until: None,
                 reserve_paused_for: spec.extensions.reserve_paused_for,
                 suspended: false,
@@ -698,6 +703,7 @@ impl Inner {
                 env: st.p.start_env.clone(),
                 workdir: st.p.workdir.clone(),
                 setup: None,
+                services: st.p.services.clone(),
             };
             let dir = sandbox_dir(&self.cfg.data_dir, &st.p.record.id);
             let p = self
@@ -949,6 +955,7 @@ async fn refill_loop(inner: Weak<Inner>, pool: Arc<Pool>) {
             env: pool.template.env.clone(),
             workdir: pool.template.workdir.clone(),
             setup: pool.template.setup.clone(),
+            services: pool.template.services.clone(),
         };
         let starts = (0..batch).map(|_| i.start_new(&opts, None, i.cfg.startup_timeout));
         let results = futures::future::join_all(starts).await;

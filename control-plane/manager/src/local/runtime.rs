@@ -112,6 +112,8 @@ pub struct StartOptions {
     pub workdir: String,
     /// Run once in the home before the runtime starts.
     pub setup: Option<String>,
+    /// Started beside the runtime once it is healthy.
+    pub services: Vec<super::templates::Service>,
 }
 
 /// A running `agent-runtime` of one sandbox.
@@ -124,6 +126,7 @@ pub struct RuntimeProcess {
     pub cgroup: Option<PathBuf>,
     pub marker: String,
     child: tokio::process::Child,
+    services: Vec<tokio::process::Child>,
 }
 
 /// What `runtime.json` records of a process, to find and kill it after a manager crash.
@@ -201,6 +204,7 @@ impl Launcher {
             cgroup: None,
             marker,
             child,
+            services: Vec::new(),
         };
         match self.containment.enter(id.as_str(), pid) {
             Ok(cg) => proc.cgroup = cg,
@@ -218,17 +222,98 @@ impl Launcher {
             proc.kill().await;
             return Err(e.to_string());
         }
-        match http
-            .wait_healthy(ip, self.startup_timeout, &mut proc.child)
+        let healthy = http
+            .wait_healthy(
+                ip,
+                ENVD_PORT,
+                "/health",
+                self.startup_timeout,
+                &mut proc.child,
+            )
             .await
-        {
-            Ok(()) => Ok(proc),
-            Err(e) => {
-                let tail = log_tail(&dir.join("runtime.log"), 5);
+            .map_err(|e| {
+                format!(
+                    "{e}; runtime log: {}",
+                    log_tail(&dir.join("runtime.log"), 5)
+                )
+            });
+        if let Err(e) = healthy {
+            proc.kill().await;
+            return Err(e);
+        }
+        for svc in &opts.services {
+            if let Err(e) = self
+                .start_service(svc, &mut proc, &workdir, opts, http)
+                .await
+            {
                 proc.kill().await;
-                Err(format!("{e}; runtime log: {tail}"))
+                return Err(e);
             }
         }
+        Ok(proc)
+    }
+
+    /// Starts one template service beside a healthy runtime and waits for its health path.
+    async fn start_service(
+        &self,
+        svc: &super::templates::Service,
+        proc: &mut RuntimeProcess,
+        workdir: &Path,
+        opts: &StartOptions,
+        http: &RuntimeHttp,
+    ) -> Result<(), String> {
+        let home = home_of(&proc.dir);
+        let fill = |a: &str| {
+            a.replace("{ip}", &proc.ip.to_string())
+                .replace("{port}", &svc.port.to_string())
+                .replace("{home}", &home.display().to_string())
+                .replace("{workdir}", &workdir.display().to_string())
+        };
+        let log_path = proc.dir.join(format!("{}.log", svc.name));
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let mut cmd = tokio::process::Command::new(fill(&svc.command[0]));
+        cmd.args(svc.command[1..].iter().map(|a| fill(a)))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env(MARKER_VAR, &proc.marker)
+            .envs(&opts.env)
+            .envs(&svc.env)
+            .current_dir(workdir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log2))
+            .process_group(0)
+            .kill_on_drop(true);
+        crate::sys::kill_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start service {}: {e}", svc.name))?;
+        if let Some(cg) = &proc.cgroup
+            && let Some(pid) = child.id()
+            && let Err(e) = std::fs::write(cg.join("cgroup.procs"), pid.to_string())
+        {
+            tracing::warn!(service = %svc.name, error = %e, "cannot move a service into the sandbox's cgroup");
+        }
+        let healthy = http
+            .wait_healthy(
+                proc.ip,
+                svc.port,
+                &svc.health_path,
+                self.startup_timeout,
+                &mut child,
+            )
+            .await;
+        proc.services.push(child);
+        healthy.map_err(|e| {
+            format!(
+                "service {}: {e}; its log: {}",
+                svc.name,
+                log_tail(&log_path, 5)
+            )
+        })
     }
 
     async fn run_setup(
@@ -273,6 +358,10 @@ impl RuntimeProcess {
         contain::kill(self.cgroup.as_deref(), self.pid, &self.marker).await;
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
+        for s in &mut self.services {
+            let _ = s.start_kill();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.wait()).await;
+        }
     }
 
     pub async fn freeze(&self) -> std::io::Result<()> {
@@ -374,35 +463,36 @@ impl RuntimeHttp {
         format!("http://{ip}:{ENVD_PORT}{path}")
     }
 
-    /// Polls `/health` until it answers 204, the child exits, or `timeout` passes.
+    /// Polls `http://ip:port{path}` until it answers 2xx, the child exits, or `timeout` passes.
     pub async fn wait_healthy(
         &self,
         ip: Ipv4Addr,
+        port: u16,
+        path: &str,
         timeout: Duration,
         child: &mut tokio::process::Child,
     ) -> Result<(), String> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut delay = Duration::from_millis(2);
+        let url = format!("http://{ip}:{port}{path}");
         loop {
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("agent-runtime exited at start ({status})"));
+                return Err(format!("the process exited at start ({status})"));
             }
             let r = self
                 .call(
                     http::Method::GET,
-                    Self::url(ip, "/health"),
+                    url.clone(),
                     Bytes::new(),
                     None,
                     Duration::from_millis(500),
                 )
                 .await;
-            if matches!(r, Ok((s, _)) if s == http::StatusCode::NO_CONTENT) {
+            if matches!(r, Ok((s, _)) if s.is_success()) {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(format!(
-                    "agent-runtime on {ip} not healthy within {timeout:?}"
-                ));
+                return Err(format!("{url} not healthy within {timeout:?}"));
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(100));

@@ -9,6 +9,11 @@
 //!     env: {LANG: C.UTF-8}  # environment of every process in its sandboxes
 //!     workdir: ""           # default cwd (empty: the sandbox's home)
 //!     setup: "echo hi > ready.txt"   # run once in each new sandbox's home before it is offered
+//!     services:             # processes started beside the runtime in every sandbox
+//!       - name: code-interpreter
+//!         command: [code-interpreter, --listen, "{ip}:49999"]   # {ip} {port} {home} {workdir}
+//!         port: 49999
+//!         health_path: /health   # must answer 2xx before the sandbox is offered
 //!     cpu_count: 2          # reported only (local sandboxes share the host)
 //!     memory_mb: 512
 //!     disk_size_mb: 1024
@@ -17,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One template.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -34,12 +39,33 @@ pub struct Template {
     pub workdir: String,
     #[serde(default)]
     pub setup: Option<String>,
+    #[serde(default)]
+    pub services: Vec<Service>,
     #[serde(default = "default_cpu")]
     pub cpu_count: u32,
     #[serde(default = "default_memory")]
     pub memory_mb: u64,
     #[serde(default = "default_disk")]
     pub disk_size_mb: u64,
+}
+
+/// A process started beside the runtime in every sandbox of a template (in the same cgroup,
+/// with the same marker, killed with it), e.g. the code interpreter on port 49999.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub name: String,
+    /// Program and arguments; `{ip}`, `{port}`, `{home}` and `{workdir}` are replaced.
+    pub command: Vec<String>,
+    pub port: u16,
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+fn default_health_path() -> String {
+    "/health".into()
 }
 
 fn default_pool() -> usize {
@@ -65,6 +91,7 @@ impl Template {
             env: BTreeMap::new(),
             workdir: String::new(),
             setup: None,
+            services: Vec::new(),
             cpu_count: default_cpu(),
             memory_mb: default_memory(),
             disk_size_mb: default_disk(),
@@ -124,9 +151,28 @@ pub fn load(file: Option<&Path>, base_pool: usize) -> Result<Vec<Template>, Stri
                 t.id, t.pool_size
             ));
         }
-        for k in t.env.keys() {
+        for k in t
+            .env
+            .keys()
+            .chain(t.services.iter().flat_map(|s| s.env.keys()))
+        {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(format!("template {}: invalid env name {k:?}", t.id));
+            }
+        }
+        let mut ports = std::collections::HashSet::from([crate::local::runtime::ENVD_PORT]);
+        for svc in &t.services {
+            if svc.command.is_empty() || svc.name.is_empty() || !valid_name(&svc.name) {
+                return Err(format!(
+                    "template {}: a service needs a name and a command",
+                    t.id
+                ));
+            }
+            if svc.port == 0 || !ports.insert(svc.port) {
+                return Err(format!(
+                    "template {}: service {} needs a port of its own (not 0 or 49983)",
+                    t.id, svc.name
+                ));
             }
         }
     }
@@ -146,13 +192,20 @@ mod tests {
         let p = dir.path().join("t.yaml");
         std::fs::write(
             &p,
-            "templates:\n- id: py\n  aliases: [python]\n  pool_size: 1\n  env: {A: b}\n  setup: touch x\n",
+            "templates:\n- id: py\n  aliases: [python]\n  pool_size: 1\n  env: {A: b}\n  setup: touch x\n  services: [{name: web, command: [x, '{ip}'], port: 8080}]\n",
         )
         .unwrap();
         let t = load(Some(&p), 2).unwrap();
         assert_eq!(t.len(), 2);
         assert!(t[1].answers_to("python"));
         assert_eq!(t[1].setup.as_deref(), Some("touch x"));
+        assert_eq!(t[1].services[0].health_path, "/health");
+        std::fs::write(
+            &p,
+            "templates:\n- id: a\n  services: [{name: s, command: [x], port: 49983}]\n",
+        )
+        .unwrap();
+        assert!(load(Some(&p), 2).unwrap_err().contains("port"));
         std::fs::write(&p, "templates:\n- id: a\n  aliases: [a]\n").unwrap();
         assert!(load(Some(&p), 2).unwrap_err().contains("twice"));
         std::fs::write(&p, "templates:\n- id: a\n  pool: 3\n").unwrap();
