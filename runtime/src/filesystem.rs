@@ -299,17 +299,7 @@ fn list_dir(state: &AppState, user: &User, req: ListDirRequest) -> Result<Value,
 
 /// Whether `path` is on NFS, CIFS/SMB or FUSE.
 pub fn is_network_mount(path: &Path) -> io::Result<bool> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: statfs is plain old data.
-    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid pointers for the call.
-    if unsafe { libc::statfs(c.as_ptr(), &mut s) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    #[allow(clippy::unnecessary_cast)]
-    let magic = s.f_type as i64 as u32 as u64;
+    let magic = crate::sys::fs_magic(&crate::sys::cpath(path)?)?;
     Ok(matches!(
         magic,
         0x6969 | 0xFF53_4D42 | 0x517B | 0xFE53_4D42 | 0x6573_5546

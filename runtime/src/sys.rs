@@ -1,7 +1,8 @@
 //! The daemon's system calls that need `unsafe`, each behind a safe function: pseudo-terminals
 //! (close-on-exec from the start, so concurrently spawned commands never inherit another
 //! command's terminal) and window sizes, pipes, raw reads and writes, signals, the child's
-//! set-up between fork and exec, and the open-file limit.
+//! set-up between fork and exec, the open-file limit, extended attributes, file-system
+//! statistics, inotify, and the user and group databases. No other module has `unsafe`.
 
 use std::ffi::CStr;
 use std::io;
@@ -199,6 +200,224 @@ pub fn open_fd_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/fd")?
         .count()
         .saturating_sub(1))
+}
+
+/// A path as a C string (a path with a NUL byte is an invalid input).
+pub fn cpath(path: &std::path::Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// `listxattr`: the names of a file's extended attributes into `buf` (NUL-separated).
+pub fn listxattr(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for buf.len() bytes; path is NUL-terminated.
+    let n = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `getxattr`: the value of one extended attribute into `buf`.
+pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for buf.len() bytes; both strings are NUL-terminated.
+    let n = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `setxattr` (create or replace).
+pub fn setxattr(path: &CStr, name: &CStr, value: &[u8]) -> io::Result<()> {
+    // SAFETY: value pointer/length describe a live slice; both strings are NUL-terminated.
+    let rc = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    check(rc).map(drop)
+}
+
+/// `removexattr`.
+pub fn removexattr(path: &CStr, name: &CStr) -> io::Result<()> {
+    // SAFETY: both strings are NUL-terminated.
+    check(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
+}
+
+/// Space of the file system holding `path`: (used, total) bytes.
+pub fn disk_usage(path: &CStr) -> io::Result<(u64, u64)> {
+    // SAFETY: statvfs is plain old data; zeroed is a valid bit pattern.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is NUL-terminated and `s` is valid for writes.
+    check(unsafe { libc::statvfs(path.as_ptr(), &mut s) })?;
+    let frsize = s.f_frsize as u64;
+    let total = s.f_blocks as u64 * frsize;
+    let used = (s.f_blocks as u64).saturating_sub(s.f_bfree as u64) * frsize;
+    Ok((used, total))
+}
+
+/// The file-system type magic (`statfs.f_type`) of the file system holding `path`.
+pub fn fs_magic(path: &CStr) -> io::Result<u64> {
+    // SAFETY: statfs is plain old data; zeroed is a valid bit pattern.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is NUL-terminated and `s` is valid for writes.
+    check(unsafe { libc::statfs(path.as_ptr(), &mut s) })?;
+    #[allow(clippy::unnecessary_cast)]
+    Ok(s.f_type as i64 as u32 as u64)
+}
+
+/// A new non-blocking, close-on-exec inotify instance.
+pub fn inotify_init() -> io::Result<OwnedFd> {
+    // SAFETY: inotify_init1 has no memory-safety preconditions.
+    let raw = check(unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) })?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Adds a watch on `path` to an inotify instance; returns the watch descriptor.
+pub fn inotify_add_watch(fd: RawFd, path: &CStr, mask: u32) -> io::Result<i32> {
+    // SAFETY: the path is NUL-terminated; the caller keeps `fd` open for the call.
+    check(unsafe { libc::inotify_add_watch(fd, path.as_ptr(), mask) })
+}
+
+/// The effective uid of this process.
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The effective gid of this process.
+pub fn getegid() -> u32 {
+    // SAFETY: getegid cannot fail.
+    unsafe { libc::getegid() }
+}
+
+/// One passwd entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswdEntry {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: std::path::PathBuf,
+}
+
+/// A passwd entry by name (`Ok`) or uid (`Err`).
+pub fn getpw(by: Result<&CStr, u32>) -> Option<PasswdEntry> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: `passwd` is plain old data; zeroed is a valid bit pattern.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer refers to live, correctly sized storage for the call's duration.
+        let rc = unsafe {
+            match by {
+                Ok(name) => libc::getpwnam_r(
+                    name.as_ptr(),
+                    &mut pwd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut result,
+                ),
+                Err(uid) => libc::getpwuid_r(
+                    uid,
+                    &mut pwd,
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    &mut result,
+                ),
+            }
+        };
+        if rc == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if rc != 0 || result.is_null() {
+            return None;
+        }
+        // SAFETY: on success the strings point into `buf`, which is alive here.
+        let (name, home) = unsafe {
+            (
+                CStr::from_ptr(pwd.pw_name).to_string_lossy().into_owned(),
+                std::path::PathBuf::from(CStr::from_ptr(pwd.pw_dir).to_string_lossy().into_owned()),
+            )
+        };
+        return Some(PasswdEntry {
+            name,
+            uid: pwd.pw_uid,
+            gid: pwd.pw_gid,
+            home,
+        });
+    }
+}
+
+/// The groups of a user (its primary `gid` first if the database omits it).
+pub fn group_list(name: &CStr, gid: u32) -> Vec<u32> {
+    let mut n: libc::c_int = 64;
+    loop {
+        let mut groups = vec![0 as libc::gid_t; n as usize];
+        let mut count = n;
+        // SAFETY: `groups` has room for `count` entries; getgrouplist updates `count`.
+        let rc = unsafe { libc::getgrouplist(name.as_ptr(), gid, groups.as_mut_ptr(), &mut count) };
+        if rc >= 0 {
+            groups.truncate(count.max(0) as usize);
+            if !groups.contains(&gid) {
+                groups.insert(0, gid);
+            }
+            return groups;
+        }
+        if count <= n || n > 65_536 {
+            return vec![gid];
+        }
+        n = count;
+    }
+}
+
+/// The name of a group, if the database has it.
+pub fn group_name(gid: u32) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: `group` is plain old data; zeroed is a valid bit pattern.
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: pointers refer to live storage of the given sizes.
+        let rc = unsafe {
+            libc::getgrgid_r(
+                gid,
+                &mut grp,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < (1 << 20) {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if rc != 0 || result.is_null() {
+            return None;
+        }
+        // SAFETY: on success gr_name points into `buf`, which is alive here.
+        return Some(
+            unsafe { CStr::from_ptr(grp.gr_name) }
+                .to_string_lossy()
+                .into_owned(),
+        );
+    }
 }
 
 #[cfg(test)]

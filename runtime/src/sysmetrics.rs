@@ -72,19 +72,10 @@ impl CpuSampler {
 }
 
 fn disk(path: &str) -> (u64, u64) {
-    let Ok(c) = std::ffi::CString::new(path) else {
-        return (0, 0);
-    };
-    // SAFETY: statvfs is plain old data; the path is NUL-terminated.
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: pointers are valid for the call.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return (0, 0);
-    }
-    let frsize = s.f_frsize as u64;
-    let total = s.f_blocks as u64 * frsize;
-    let used = (s.f_blocks as u64).saturating_sub(s.f_bfree as u64) * frsize;
-    (used, total)
+    std::ffi::CString::new(path)
+        .ok()
+        .and_then(|c| crate::sys::disk_usage(&c).ok())
+        .unwrap_or((0, 0))
 }
 
 /// The metrics document.

@@ -29,88 +29,29 @@ struct Passwd {
 }
 
 fn getpw(by: Result<&CStr, u32>) -> Option<Passwd> {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: `passwd` is plain old data; zeroed is a valid bit pattern.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        // SAFETY: every pointer refers to live, correctly sized storage for the call's duration.
-        let rc = unsafe {
-            match by {
-                Ok(name) => libc::getpwnam_r(
-                    name.as_ptr(),
-                    &mut pwd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    &mut result,
-                ),
-                Err(uid) => libc::getpwuid_r(
-                    uid,
-                    &mut pwd,
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    &mut result,
-                ),
-            }
-        };
-        if rc == libc::ERANGE && buf.len() < (1 << 20) {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        if rc != 0 || result.is_null() {
-            return None;
-        }
-        // SAFETY: on success the strings point into `buf`, which is alive here.
-        let (name, home) = unsafe {
-            (
-                CStr::from_ptr(pwd.pw_name).to_string_lossy().into_owned(),
-                PathBuf::from(CStr::from_ptr(pwd.pw_dir).to_string_lossy().into_owned()),
-            )
-        };
-        return Some(Passwd {
-            name,
-            uid: pwd.pw_uid,
-            gid: pwd.pw_gid,
-            home,
-        });
-    }
+    crate::sys::getpw(by).map(|p| Passwd {
+        name: p.name,
+        uid: p.uid,
+        gid: p.gid,
+        home: p.home,
+    })
 }
 
 fn group_list(name: &str, gid: u32) -> Vec<u32> {
-    let Ok(cname) = CString::new(name) else {
-        return vec![gid];
-    };
-    let mut n: libc::c_int = 64;
-    loop {
-        let mut groups = vec![0 as libc::gid_t; n as usize];
-        let mut count = n;
-        // SAFETY: `groups` has room for `count` entries; getgrouplist updates `count`.
-        let rc =
-            unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut count) };
-        if rc >= 0 {
-            groups.truncate(count.max(0) as usize);
-            if !groups.contains(&gid) {
-                groups.insert(0, gid);
-            }
-            return groups;
-        }
-        if count <= n || n > 65_536 {
-            return vec![gid];
-        }
-        n = count;
+    match CString::new(name) {
+        Ok(cname) => crate::sys::group_list(&cname, gid),
+        Err(_) => vec![gid],
     }
 }
 
 /// The effective uid of this process.
 pub fn euid() -> u32 {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
+    crate::sys::geteuid()
 }
 
 /// The effective gid of this process.
 pub fn egid() -> u32 {
-    // SAFETY: getegid cannot fail.
-    unsafe { libc::getegid() }
+    crate::sys::getegid()
 }
 
 fn env_home() -> Option<PathBuf> {
@@ -179,33 +120,7 @@ pub fn user_name(uid: u32) -> String {
 
 /// Name of a gid, or the number as text.
 pub fn group_name(gid: u32) -> String {
-    let mut buf = vec![0u8; 4096];
-    loop {
-        // SAFETY: `group` is plain old data.
-        let mut grp: libc::group = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        // SAFETY: pointers refer to live storage of the given sizes.
-        let rc = unsafe {
-            libc::getgrgid_r(
-                gid,
-                &mut grp,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < (1 << 20) {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        if rc != 0 || result.is_null() {
-            return gid.to_string();
-        }
-        // SAFETY: on success gr_name points into `buf`.
-        return unsafe { CStr::from_ptr(grp.gr_name) }
-            .to_string_lossy()
-            .into_owned();
-    }
+    crate::sys::group_name(gid).unwrap_or_else(|| gid.to_string())
 }
 
 /// Caches uid/gid → name lookups for one listing.

@@ -7,9 +7,8 @@
 //! created or moved in later.
 
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -104,13 +103,7 @@ pub struct DirWatch {
 
 impl DirWatch {
     pub fn new(root: &Path, recursive: bool, include_entry: bool) -> io::Result<DirWatch> {
-        // SAFETY: inotify_init1 has no preconditions.
-        let raw = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = crate::sys::inotify_init()?;
         let w = DirWatch {
             fd: crate::sys::async_fd(fd)?,
             root: root.to_path_buf(),
@@ -133,19 +126,12 @@ impl DirWatch {
         } else {
             self.root.join(rel)
         };
-        let c = CString::new(abs.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: valid descriptor and NUL-terminated path.
-        let wd = unsafe {
-            libc::inotify_add_watch(
-                self.fd.get_ref().as_raw_fd(),
-                c.as_ptr(),
-                MASK | libc::IN_ONLYDIR,
-            )
-        };
-        if wd < 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let c = crate::sys::cpath(&abs)?;
+        let wd = crate::sys::inotify_add_watch(
+            self.fd.get_ref().as_raw_fd(),
+            &c,
+            MASK | libc::IN_ONLYDIR,
+        )?;
         self.wds
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -200,18 +186,11 @@ impl DirWatch {
         let mut buf = vec![0u8; 64 << 10];
         let mut names = NameCache::default();
         loop {
-            // SAFETY: buf is writable for its length.
-            let n = unsafe {
-                libc::read(
-                    self.fd.get_ref().as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
+            let n = match crate::sys::read(self.fd.get_ref().as_raw_fd(), &mut buf) {
+                Ok(n) if n > 0 => n,
+                _ => break,
             };
-            if n <= 0 {
-                break;
-            }
-            for ev in parse_events(&buf[..n as usize]) {
+            for ev in parse_events(&buf[..n]) {
                 self.translate(ev, &mut names, &mut out);
             }
         }

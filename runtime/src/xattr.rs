@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use http::HeaderMap;
@@ -18,8 +17,7 @@ pub const MAX_KEY_BYTES: usize = 255 - PREFIX.len();
 pub const MAX_TOTAL_BYTES: usize = 4096;
 
 fn cpath(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))
+    crate::sys::cpath(path)
 }
 
 fn unsupported(e: &io::Error) -> bool {
@@ -29,17 +27,17 @@ fn unsupported(e: &io::Error) -> bool {
 fn list(path: &CString) -> io::Result<Vec<String>> {
     let mut buf = vec![0u8; 1024];
     loop {
-        // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            buf.truncate(n as usize);
-            return Ok(buf
-                .split(|b| *b == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect());
-        }
-        let e = io::Error::last_os_error();
+        let e = match crate::sys::listxattr(path, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf
+                    .split(|b| *b == 0)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect());
+            }
+            Err(e) => e,
+        };
         if e.raw_os_error() == Some(libc::ERANGE) && buf.len() < (1 << 20) {
             buf.resize(buf.len() * 4, 0);
             continue;
@@ -53,20 +51,13 @@ fn get(path: &CString, name: &str) -> io::Result<Option<Vec<u8>>> {
         CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad name"))?;
     let mut buf = vec![0u8; 4096];
     loop {
-        // SAFETY: buf is valid for buf.len() bytes; names are NUL-terminated.
-        let n = unsafe {
-            libc::getxattr(
-                path.as_ptr(),
-                cname.as_ptr(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-            )
+        let e = match crate::sys::getxattr(path, &cname, &mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(e) => e,
         };
-        if n >= 0 {
-            buf.truncate(n as usize);
-            return Ok(Some(buf));
-        }
-        let e = io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::ERANGE) if buf.len() < (1 << 20) => buf.resize(buf.len() * 4, 0),
             Some(libc::ENODATA) => return Ok(None),
@@ -103,23 +94,17 @@ pub fn replace(path: &Path, metadata: &BTreeMap<String, String>) -> io::Result<(
         if !metadata.contains_key(key) {
             let cname = CString::new(name.as_str())
                 .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad name"))?;
-            // SAFETY: both strings are NUL-terminated.
-            if unsafe { libc::removexattr(c.as_ptr(), cname.as_ptr()) } != 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() != Some(libc::ENODATA) {
-                    return Err(e);
-                }
+            if let Err(e) = crate::sys::removexattr(&c, &cname)
+                && e.raw_os_error() != Some(libc::ENODATA)
+            {
+                return Err(e);
             }
         }
     }
     for (k, v) in metadata {
         let cname = CString::new(format!("{PREFIX}{k}"))
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad key"))?;
-        // SAFETY: value pointer/length describe a live slice.
-        if unsafe { libc::setxattr(c.as_ptr(), cname.as_ptr(), v.as_ptr().cast(), v.len(), 0) } != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
+        crate::sys::setxattr(&c, &cname, v.as_bytes())?;
     }
     Ok(())
 }
