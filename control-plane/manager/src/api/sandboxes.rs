@@ -219,21 +219,28 @@ pub async fn connect(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<TimeoutBody>,
 ) -> ApiResult<Response> {
-    let id = sandbox_id(&id)?;
-    let timeout = timeout_secs(&ctx, body.timeout, false)?;
-    let (r, how) = ctx
-        .backend
-        .connect(&caller, &id, Duration::from_secs(timeout))
-        .await?;
+    let (r, how) = connect_with(&ctx, &caller, &id, body.timeout).await?;
     let status = match how {
         Connected::Running => StatusCode::OK,
         Connected::Resumed => StatusCode::CREATED,
     };
-    Ok((
-        status,
-        Json(models::sandbox(&r, ctx.config.domain.as_deref())),
-    )
-        .into_response())
+    Ok((status, r).into_response())
+}
+
+/// Connects with the request's timeout; the rendered `Sandbox` and how it was found.
+async fn connect_with(
+    ctx: &AppCtx,
+    caller: &Caller,
+    id: &str,
+    timeout: Option<i64>,
+) -> ApiResult<(Json<Value>, Connected)> {
+    let id = sandbox_id(id)?;
+    let timeout = timeout_secs(ctx, timeout, false)?;
+    let (r, how) = ctx
+        .backend
+        .connect(caller, &id, Duration::from_secs(timeout))
+        .await?;
+    Ok((Json(models::sandbox(&r, ctx.config.domain.as_deref())), how))
 }
 
 /// `POST /sandboxes/{id}/resume` (deprecated; old SDKs): resumes a paused sandbox (201), 409
@@ -244,23 +251,14 @@ pub async fn resume(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<TimeoutBody>,
 ) -> ApiResult<Response> {
-    let id = sandbox_id(&id)?;
-    let timeout = timeout_secs(&ctx, body.timeout, false)?;
-    let current = ctx.backend.get(&caller, &id).await?;
+    let current = ctx.backend.get(&caller, &sandbox_id(&id)?).await?;
     if current.state == crate::model::SandboxState::Running {
         return Err(ApiError::conflict(format!(
             "sandbox {id} is already running"
         )));
     }
-    let (r, _) = ctx
-        .backend
-        .connect(&caller, &id, Duration::from_secs(timeout))
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(models::sandbox(&r, ctx.config.domain.as_deref())),
-    )
-        .into_response())
+    let (r, _) = connect_with(&ctx, &caller, &id, body.timeout).await?;
+    Ok((StatusCode::CREATED, r).into_response())
 }
 
 /// `POST /sandboxes/{id}/timeout`: the deadline becomes now + timeout (0 expires it now).

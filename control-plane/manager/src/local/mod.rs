@@ -250,6 +250,16 @@ impl Inner {
         self.rv.fetch_add(1, Ordering::Relaxed) + 1
     }
 
+    /// Every claimed sandbox (unlocked handles).
+    fn all(&self) -> Vec<Arc<Sbx>> {
+        self.sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     fn lookup(&self, id: &SandboxId) -> Option<Arc<Sbx>> {
         self.sandboxes
             .lock()
@@ -1014,14 +1024,7 @@ impl Backend for LocalBackend {
     }
 
     async fn list(&self, caller: &Caller) -> BackendResult<Vec<SandboxRecord>> {
-        let all: Vec<Arc<Sbx>> = self
-            .inner
-            .sandboxes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let all = self.inner.all();
         let mut out = Vec::with_capacity(all.len());
         for s in all {
             let st = sbx_lock(&s).await;
@@ -1286,13 +1289,7 @@ impl Backend for LocalBackend {
                 i.discard(p).await;
             }
         }
-        let all: Vec<Arc<Sbx>> = i
-            .sandboxes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let all = i.all();
         for s in all {
             let mut st = sbx_lock(&s).await;
             if let Some(mut p) = st.process.take() {
