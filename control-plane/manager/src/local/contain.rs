@@ -185,9 +185,35 @@ pub async fn freeze(cgroup: Option<&Path>, root: u32, marker: &str) -> std::io::
         }
         None => {
             signal_members(root, marker, libc::SIGSTOP);
+            // A signal is delivered asynchronously: wait until every member has stopped.
+            settle(root, marker, |state| state == 'T' || state == 't').await;
             Ok(())
         }
     }
+}
+
+/// The scheduler state letter of a process (`/proc/<pid>/stat`), `None` once it is gone.
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
+}
+
+/// Waits (up to 2 s) until every member's state satisfies `done` (or it is gone or a zombie).
+async fn settle(root: u32, marker: &str, done: impl Fn(char) -> bool) {
+    for _ in 0..400 {
+        let pending = members(root, marker)
+            .into_iter()
+            .filter(|p| proc_state(*p).is_some_and(|s| s != 'Z' && !done(s)))
+            .count();
+        if pending == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::warn!(
+        marker,
+        "sandbox processes did not all reach the expected state in 2 s"
+    );
 }
 
 /// Thaws a frozen sandbox.
@@ -200,6 +226,7 @@ pub async fn thaw(cgroup: Option<&Path>, root: u32, marker: &str) -> std::io::Re
         }
         None => {
             signal_members(root, marker, libc::SIGCONT);
+            settle(root, marker, |state| state != 'T').await;
             Ok(())
         }
     }
@@ -254,10 +281,7 @@ mod tests {
     }
 
     fn state(p: u32) -> char {
-        std::fs::read_to_string(format!("/proc/{p}/stat"))
-            .ok()
-            .and_then(|s| s[s.rfind(')')? + 2..].chars().next())
-            .unwrap_or('?')
+        proc_state(p).unwrap_or('?')
     }
 
     #[tokio::test]
