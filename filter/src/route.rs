@@ -4,9 +4,14 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use sandbox_xds_wire::route::{InvalidRoute, validate};
+use sandbox_xds_wire::v1::SandboxRoute;
+use sandbox_xds_wire::v1::sandbox_route::State;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+pub use sandbox_xds_wire::route::valid_sandbox_id;
 
 /// Lifecycle state of a sandbox as projected from its Sandbox CR (upstream `GetSandboxState`).
 /// Only `Running` sandboxes receive traffic.
@@ -29,6 +34,27 @@ impl RouteState {
             RouteState::Running => "running",
             RouteState::Paused => "paused",
             RouteState::Dead => "dead",
+        }
+    }
+
+    fn to_wire(self) -> State {
+        match self {
+            RouteState::Creating => State::Creating,
+            RouteState::Available => State::Available,
+            RouteState::Running => State::Running,
+            RouteState::Paused => State::Paused,
+            RouteState::Dead => State::Dead,
+        }
+    }
+
+    /// The wire state of a validated route (never `Unspecified`; that would read as dead).
+    fn from_wire(s: State) -> Self {
+        match s {
+            State::Creating => RouteState::Creating,
+            State::Available => RouteState::Available,
+            State::Running => RouteState::Running,
+            State::Paused => RouteState::Paused,
+            State::Dead | State::Unspecified => RouteState::Dead,
         }
     }
 }
@@ -157,33 +183,14 @@ pub struct Route {
 /// Why a route description was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
-    #[error("route {field} is empty")]
-    Empty { field: &'static str },
-    #[error("sandbox id {0:?} has characters outside [A-Za-z0-9._-] or is longer than 512 bytes")]
-    InvalidId(String),
+    /// Breaks a rule every route must keep; the rules live in `sandbox_xds_wire::route`, shared
+    /// with sandbox-xds's store.
+    #[error(transparent)]
+    Invalid(#[from] InvalidRoute),
     #[error("resourceVersion {0:?} is not a canonical positive integer")]
     InvalidResourceVersion(String),
-    #[error("ip {0:?} is not an IPv4 or IPv6 address")]
-    InvalidIp(String),
-    #[error("state is running but the route has no ip")]
-    RunningWithoutIp,
-    #[error("{field} is not a SHA-256 digest (64 hex characters / 32 bytes)")]
+    #[error("{field} is not a SHA-256 digest (64 hex characters)")]
     InvalidDigest { field: &'static str },
-    #[error("requireTrafficToken is set but no trafficTokenSha256 is given")]
-    TrafficTokenMissing,
-    #[error("requireAccessToken is set but no accessTokenSha256 is given")]
-    AccessTokenMissing,
-    #[error("state {0} is not a known sandbox state")]
-    UnknownState(i32),
-}
-
-/// A sandbox id is opaque but must be safe in a host label, a path segment, a header and JSON.
-pub fn valid_sandbox_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 512
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// Parses a resourceVersion the way upstream validates it: a canonical positive integer
@@ -196,7 +203,7 @@ pub fn parse_resource_version(rv: &str) -> Result<u64, RouteError> {
     rv.parse::<u64>().map_err(|_| bad())
 }
 
-/// The JSON form of a route (filter config `routes` / `routes_file`, and the xDS payload later).
+/// The JSON form of a route (filter config `routes` / `routes_file`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteSpec {
@@ -218,145 +225,62 @@ pub struct RouteSpec {
     pub require_traffic_token: bool,
 }
 
-/// Everything a route is made of, already parsed; [`RouteParts::build`] checks the invariants
-/// every source must satisfy.
-#[derive(Debug)]
-pub struct RouteParts<'a> {
-    pub id: &'a str,
-    pub namespace: &'a str,
-    pub name: &'a str,
-    pub uid: &'a str,
-    pub resource_version: u64,
-    pub ip: Option<IpAddr>,
-    pub state: RouteState,
-    pub access_token: Option<TokenDigest>,
-    pub traffic_token: Option<TokenDigest>,
-    pub require_access_token: bool,
-    pub require_traffic_token: bool,
-}
-
-impl RouteParts<'_> {
-    pub fn build(self) -> Result<(String, Route), RouteError> {
-        for (field, v) in [
-            ("id", self.id),
-            ("namespace", self.namespace),
-            ("name", self.name),
-            ("uid", self.uid),
-        ] {
-            if v.is_empty() {
-                return Err(RouteError::Empty { field });
-            }
-        }
-        if !valid_sandbox_id(self.id) {
-            return Err(RouteError::InvalidId(self.id.to_string()));
-        }
-        if self.resource_version == 0 {
-            return Err(RouteError::InvalidResourceVersion("0".into()));
-        }
-        if self.state == RouteState::Running && self.ip.is_none() {
-            return Err(RouteError::RunningWithoutIp);
-        }
-        let mut flags = RouteFlags::empty();
-        if self.require_access_token {
-            if self.access_token.is_none() {
-                return Err(RouteError::AccessTokenMissing);
-            }
-            flags.insert(RouteFlags::REQUIRE_ACCESS_TOKEN);
-        }
-        if self.require_traffic_token {
-            if self.traffic_token.is_none() {
-                return Err(RouteError::TrafficTokenMissing);
-            }
-            flags.insert(RouteFlags::REQUIRE_TRAFFIC_TOKEN);
-        }
-        Ok((
-            self.id.to_string(),
-            Route {
-                sandbox: SandboxRef::new(self.namespace, self.name, self.uid),
-                resource_version: self.resource_version,
-                ip: self.ip,
-                state: self.state,
-                flags,
-                access_token: self.access_token,
-                traffic_token: self.traffic_token.map(Box::new),
-            },
-        ))
-    }
-}
-
-fn parse_ip(ip: Option<&str>) -> Result<Option<IpAddr>, RouteError> {
-    match ip {
-        None | Some("") => Ok(None),
-        Some(s) => s
-            .parse::<IpAddr>()
-            .map(Some)
-            .map_err(|_| RouteError::InvalidIp(s.to_string())),
-    }
-}
-
 impl RouteSpec {
-    /// Validates and converts into the table form, returning the id alongside.
+    /// Validates and converts into the table form, returning the id alongside. The JSON form is
+    /// translated to the wire form first, so both are checked by the same rules.
     pub fn into_route(self) -> Result<(String, Route), RouteError> {
-        let digest = |v: Option<&str>, field| -> Result<Option<TokenDigest>, RouteError> {
+        let digest = |v: Option<&str>, field| -> Result<Vec<u8>, RouteError> {
             match v {
-                None | Some("") => Ok(None),
+                None | Some("") => Ok(Vec::new()),
                 Some(s) => TokenDigest::from_hex(s)
-                    .map(Some)
+                    .map(|d| d.0.to_vec())
                     .ok_or(RouteError::InvalidDigest { field }),
             }
         };
-        RouteParts {
-            id: &self.id,
-            namespace: &self.namespace,
-            name: &self.name,
-            uid: &self.uid,
+        let wire = SandboxRoute {
             resource_version: parse_resource_version(&self.resource_version)?,
-            ip: parse_ip(self.ip.as_deref())?,
-            state: self.state,
-            access_token: digest(self.access_token_sha256.as_deref(), "accessTokenSha256")?,
-            traffic_token: digest(self.traffic_token_sha256.as_deref(), "trafficTokenSha256")?,
+            access_token_sha256: digest(self.access_token_sha256.as_deref(), "accessTokenSha256")?,
+            traffic_token_sha256: digest(
+                self.traffic_token_sha256.as_deref(),
+                "trafficTokenSha256",
+            )?,
+            id: self.id,
+            namespace: self.namespace,
+            name: self.name,
+            uid: self.uid,
+            ip: self.ip.unwrap_or_default(),
+            state: self.state.to_wire() as i32,
             require_access_token: self.require_access_token,
             require_traffic_token: self.require_traffic_token,
-        }
-        .build()
+        };
+        from_wire(&wire)
     }
 }
 
-/// Converts a `SandboxRoute` received from sandbox-xds.
-pub fn from_wire(r: &sandbox_xds_wire::v1::SandboxRoute) -> Result<(String, Route), RouteError> {
-    use sandbox_xds_wire::v1::sandbox_route::State;
-    let state = match r.state() {
-        State::Creating => RouteState::Creating,
-        State::Available => RouteState::Available,
-        State::Running => RouteState::Running,
-        State::Paused => RouteState::Paused,
-        State::Dead => RouteState::Dead,
-        State::Unspecified => return Err(RouteError::UnknownState(r.state)),
-    };
-    let digest = |b: &[u8], field| -> Result<Option<TokenDigest>, RouteError> {
-        match b.len() {
-            0 => Ok(None),
-            32 => Ok(Some(TokenDigest(
-                b.try_into()
-                    .map_err(|_| RouteError::InvalidDigest { field })?,
-            ))),
-            _ => Err(RouteError::InvalidDigest { field }),
-        }
-    };
-    RouteParts {
-        id: &r.id,
-        namespace: &r.namespace,
-        name: &r.name,
-        uid: &r.uid,
-        resource_version: r.resource_version,
-        ip: parse_ip(Some(&r.ip))?,
-        state,
-        access_token: digest(&r.access_token_sha256, "access_token_sha256")?,
-        traffic_token: digest(&r.traffic_token_sha256, "traffic_token_sha256")?,
-        require_access_token: r.require_access_token,
-        require_traffic_token: r.require_traffic_token,
+/// Converts a `SandboxRoute` received from sandbox-xds (or translated from the JSON form).
+pub fn from_wire(r: &SandboxRoute) -> Result<(String, Route), RouteError> {
+    let checked = validate(r)?;
+    let mut flags = RouteFlags::empty();
+    if r.require_access_token {
+        flags.insert(RouteFlags::REQUIRE_ACCESS_TOKEN);
     }
-    .build()
+    if r.require_traffic_token {
+        flags.insert(RouteFlags::REQUIRE_TRAFFIC_TOKEN);
+    }
+    Ok((
+        r.id.clone(),
+        Route {
+            sandbox: SandboxRef::new(&r.namespace, &r.name, &r.uid),
+            resource_version: r.resource_version,
+            ip: checked.ip,
+            state: RouteState::from_wire(checked.state),
+            flags,
+            access_token: checked.access_token_sha256.map(TokenDigest),
+            traffic_token: checked
+                .traffic_token_sha256
+                .map(|d| Box::new(TokenDigest(d))),
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -408,26 +332,38 @@ mod tests {
 
         let mut s = spec();
         s.ip = None;
-        assert_eq!(s.into_route().unwrap_err(), RouteError::RunningWithoutIp);
+        assert_eq!(
+            s.into_route().unwrap_err(),
+            RouteError::Invalid(InvalidRoute::RunningWithoutIp)
+        );
         let mut s = spec();
         s.state = RouteState::Creating;
         s.ip = None;
         assert!(s.into_route().is_ok());
         let mut s = spec();
         s.ip = Some("10.0.0".into());
-        assert!(matches!(s.into_route(), Err(RouteError::InvalidIp(_))));
+        assert!(matches!(
+            s.into_route(),
+            Err(RouteError::Invalid(InvalidRoute::InvalidIp(_)))
+        ));
         let mut s = spec();
         s.id = "bad/id".into();
-        assert!(matches!(s.into_route(), Err(RouteError::InvalidId(_))));
+        assert!(matches!(
+            s.into_route(),
+            Err(RouteError::Invalid(InvalidRoute::InvalidId(_)))
+        ));
         let mut s = spec();
         s.uid = String::new();
         assert_eq!(
             s.into_route().unwrap_err(),
-            RouteError::Empty { field: "uid" }
+            RouteError::Invalid(InvalidRoute::Empty { field: "uid" })
         );
         let mut s = spec();
         s.require_access_token = true;
-        assert_eq!(s.into_route().unwrap_err(), RouteError::AccessTokenMissing);
+        assert_eq!(
+            s.into_route().unwrap_err(),
+            RouteError::Invalid(InvalidRoute::AccessTokenMissing)
+        );
         let mut s = spec();
         s.access_token_sha256 = Some("abc".into());
         assert!(matches!(
@@ -438,7 +374,6 @@ mod tests {
 
     #[test]
     fn wire_routes_convert_with_the_same_checks() {
-        use sandbox_xds_wire::v1::{SandboxRoute, sandbox_route::State};
         let mut w = SandboxRoute {
             id: "sbx1".into(),
             namespace: "default".into(),
@@ -458,16 +393,25 @@ mod tests {
         w.access_token_sha256 = vec![1; 5];
         assert!(matches!(
             from_wire(&w),
-            Err(RouteError::InvalidDigest { .. })
+            Err(RouteError::Invalid(InvalidRoute::InvalidDigest { .. }))
         ));
         w.access_token_sha256.clear();
-        assert_eq!(from_wire(&w).unwrap_err(), RouteError::AccessTokenMissing);
+        assert_eq!(
+            from_wire(&w).unwrap_err(),
+            RouteError::Invalid(InvalidRoute::AccessTokenMissing)
+        );
         w.require_access_token = false;
         w.state = 0;
-        assert_eq!(from_wire(&w).unwrap_err(), RouteError::UnknownState(0));
+        assert_eq!(
+            from_wire(&w).unwrap_err(),
+            RouteError::Invalid(InvalidRoute::UnknownState(0))
+        );
         w.state = State::Running as i32;
         w.ip.clear();
-        assert_eq!(from_wire(&w).unwrap_err(), RouteError::RunningWithoutIp);
+        assert_eq!(
+            from_wire(&w).unwrap_err(),
+            RouteError::Invalid(InvalidRoute::RunningWithoutIp)
+        );
     }
 
     #[test]

@@ -51,12 +51,9 @@ impl RoutePublisher {
 
     fn publish(&self, m: &Mutation) {
         self.metrics.route_event(m.outcome);
-        match m.outcome {
-            Outcome::IdTakeover => {
-                tracing::error!(changes = ?m.changes, "sandbox id taken over by another Sandbox")
-            }
-            Outcome::Invalid => tracing::warn!("invalid route ignored"),
-            _ => {}
+        // Invalid routes are logged with their reason by the store.
+        if m.outcome == Outcome::IdTakeover {
+            tracing::error!(changes = ?m.changes, "sandbox id taken over by another Sandbox");
         }
         if !m.changes.is_empty() {
             self.cache.apply(SANDBOX_ROUTE_TYPE_URL, to_changes(m));

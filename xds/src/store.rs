@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use sandbox_xds_wire::route::validate;
 use sandbox_xds_wire::v1::SandboxRoute;
 
 /// How long a deletion fence lives (upstream `deletionFenceRetention`).
@@ -78,43 +79,6 @@ impl Mutation {
 struct Fence {
     resource_version: u64,
     at: Instant,
-}
-
-/// Why a route is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InvalidRoute {
-    #[error("namespace, name, id and uid must all be set")]
-    MissingIdentity,
-    #[error("resourceVersion must be a positive integer")]
-    ZeroResourceVersion,
-    #[error("a running route needs an ip")]
-    RunningWithoutIp,
-    #[error("ip {0:?} is not an IP address")]
-    BadIp(String),
-    #[error("token digests must be 32 bytes")]
-    BadDigest,
-}
-
-/// Checks a route the way the gateway will (so the gateway never NACKs what the store accepted).
-pub fn validate(r: &SandboxRoute) -> Result<(), InvalidRoute> {
-    if r.namespace.is_empty() || r.name.is_empty() || r.id.is_empty() || r.uid.is_empty() {
-        return Err(InvalidRoute::MissingIdentity);
-    }
-    if r.resource_version == 0 {
-        return Err(InvalidRoute::ZeroResourceVersion);
-    }
-    if !r.ip.is_empty() && r.ip.parse::<std::net::IpAddr>().is_err() {
-        return Err(InvalidRoute::BadIp(r.ip.clone()));
-    }
-    if r.state() == sandbox_xds_wire::v1::sandbox_route::State::Running && r.ip.is_empty() {
-        return Err(InvalidRoute::RunningWithoutIp);
-    }
-    for d in [&r.access_token_sha256, &r.traffic_token_sha256] {
-        if !d.is_empty() && d.len() != 32 {
-            return Err(InvalidRoute::BadDigest);
-        }
-    }
-    Ok(())
 }
 
 /// The store. Not thread-safe by itself; the cache serialises access.
@@ -182,7 +146,10 @@ impl RouteStore {
     }
 
     fn upsert_at(&mut self, route: SandboxRoute, now: Instant) -> Mutation {
-        if validate(&route).is_err() {
+        // The gateway module checks routes with the same function, so the store never
+        // publishes one every gateway would NACK.
+        if let Err(e) = validate(&route) {
+            tracing::warn!(id = %route.id, error = %e, "route refused");
             return Mutation::none(Outcome::Invalid);
         }
         self.sweep(now);
@@ -304,6 +271,24 @@ mod tests {
         bad.access_token_sha256 = vec![1; 31];
         assert_eq!(s.upsert(bad).outcome, Outcome::Invalid);
         assert_eq!(s.upsert(route("ns", "b", "b", 0)).outcome, Outcome::Invalid);
+        // The module's stricter rules hold here too (sandbox_xds_wire::route).
+        let mut bad = route("ns", "b", "b/x", 1);
+        assert_eq!(
+            s.upsert(bad.clone()).outcome,
+            Outcome::Invalid,
+            "id alphabet"
+        );
+        bad.id = "b".into();
+        bad.state = 0;
+        assert_eq!(s.upsert(bad.clone()).outcome, Outcome::Invalid, "no state");
+        bad.state = State::Running as i32;
+        bad.require_access_token = true;
+        assert_eq!(
+            s.upsert(bad).outcome,
+            Outcome::Invalid,
+            "token without digest"
+        );
+        assert!(s.get("b").is_none());
     }
 
     #[test]

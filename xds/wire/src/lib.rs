@@ -6,7 +6,8 @@
 //!   field numbers of `envoy/service/discovery/v3/discovery.proto`, so the module does not compile
 //!   all of Envoy's API. The server speaks them through `envoy-types`; the integration tests
 //!   check that both agree on the wire;
-//! - [`net`]: IP prefixes of the module's `denied_upstream_ips`, parsed alike by both sides.
+//! - [`net`]: IP prefixes of the module's `denied_upstream_ips`, parsed alike by both sides;
+//! - [`route`]: what makes a `SandboxRoute` valid, checked alike by the store and the module.
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod v1 {
 
 pub mod discovery;
 pub mod net;
+pub mod route;
 
 /// Type URL of [`v1::SandboxRoute`] resources.
 pub const SANDBOX_ROUTE_TYPE_URL: &str =
