@@ -4,7 +4,7 @@
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::types::{Sandbox, condition, phase};
+use crate::types::{Sandbox, SandboxPhase, condition};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SandboxState {
@@ -77,14 +77,18 @@ pub fn sandbox_state(sbx: &Sandbox, now: Timestamp) -> SandboxState {
     {
         return SandboxState::Dead;
     }
-    let ph = sbx
+    let raw = sbx
         .status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .unwrap_or("");
+    let ph = SandboxPhase::parse(raw);
     match ph {
-        phase::SUCCEEDED | phase::FAILED | phase::TERMINATING => return SandboxState::Dead,
-        phase::PENDING | "" => return SandboxState::Creating,
+        Some(SandboxPhase::Succeeded | SandboxPhase::Failed | SandboxPhase::Terminating) => {
+            return SandboxState::Dead;
+        }
+        Some(SandboxPhase::Pending) => return SandboxState::Creating,
+        None if raw.is_empty() => return SandboxState::Creating,
         _ => {}
     }
     let ready = is_ready(sbx);
@@ -95,7 +99,7 @@ pub fn sandbox_state(sbx: &Sandbox, now: Timestamp) -> SandboxState {
             SandboxState::Creating
         };
     }
-    if ph == phase::RUNNING {
+    if ph == Some(SandboxPhase::Running) {
         if sbx.spec.paused {
             SandboxState::Paused
         } else if ready {

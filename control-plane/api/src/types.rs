@@ -224,17 +224,79 @@ pub struct SandboxStatus {
     pub recycled_count: Option<i32>,
 }
 
-/// Sandbox phases.
-pub mod phase {
-    pub const PENDING: &str = "Pending";
-    pub const RUNNING: &str = "Running";
-    pub const PAUSED: &str = "Paused";
-    pub const RESUMING: &str = "Resuming";
-    pub const UPGRADING: &str = "Upgrading";
-    pub const SUCCEEDED: &str = "Succeeded";
-    pub const FAILED: &str = "Failed";
-    pub const RECYCLING: &str = "Recycling";
-    pub const TERMINATING: &str = "Terminating";
+/// A Sandbox's `status.phase`. The CRD field stays a string, so a value this version does not know
+/// survives a round trip; this enum is the one place phase strings are parsed and printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SandboxPhase {
+    Pending,
+    Running,
+    Paused,
+    Resuming,
+    Upgrading,
+    Succeeded,
+    Failed,
+    Recycling,
+    Terminating,
+}
+
+impl SandboxPhase {
+    pub const ALL: [SandboxPhase; 9] = [
+        SandboxPhase::Pending,
+        SandboxPhase::Running,
+        SandboxPhase::Paused,
+        SandboxPhase::Resuming,
+        SandboxPhase::Upgrading,
+        SandboxPhase::Succeeded,
+        SandboxPhase::Failed,
+        SandboxPhase::Recycling,
+        SandboxPhase::Terminating,
+    ];
+
+    /// The CRD's string value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SandboxPhase::Pending => "Pending",
+            SandboxPhase::Running => "Running",
+            SandboxPhase::Paused => "Paused",
+            SandboxPhase::Resuming => "Resuming",
+            SandboxPhase::Upgrading => "Upgrading",
+            SandboxPhase::Succeeded => "Succeeded",
+            SandboxPhase::Failed => "Failed",
+            SandboxPhase::Recycling => "Recycling",
+            SandboxPhase::Terminating => "Terminating",
+        }
+    }
+
+    /// The phase a CRD string names; `None` for the empty string and for values this version
+    /// does not know.
+    pub fn parse(s: &str) -> Option<SandboxPhase> {
+        SandboxPhase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// `Succeeded` and `Failed`: the sandbox never runs again.
+    pub const fn is_terminal(self) -> bool {
+        matches!(self, SandboxPhase::Succeeded | SandboxPhase::Failed)
+    }
+}
+
+impl std::fmt::Display for SandboxPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl SandboxStatus {
+    /// The phase, when it is one this version knows.
+    pub fn known_phase(&self) -> Option<SandboxPhase> {
+        self.phase.as_deref().and_then(SandboxPhase::parse)
+    }
+}
+
+impl Sandbox {
+    /// The status phase, when there is one this version knows.
+    pub fn phase(&self) -> Option<SandboxPhase> {
+        self.status.as_ref().and_then(SandboxStatus::known_phase)
+    }
 }
 
 /// Sandbox condition types and reasons.
@@ -727,4 +789,24 @@ pub mod ops_phase {
     pub const UPDATING: &str = "Updating";
     pub const COMPLETED: &str = "Completed";
     pub const FAILED: &str = "Failed";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_round_trip_through_their_crd_strings() {
+        for p in SandboxPhase::ALL {
+            assert_eq!(SandboxPhase::parse(p.as_str()), Some(p));
+            assert_eq!(p.to_string(), p.as_str());
+        }
+        assert_eq!(SandboxPhase::parse(""), None);
+        assert_eq!(SandboxPhase::parse("running"), None);
+        let terminal: Vec<_> = SandboxPhase::ALL
+            .into_iter()
+            .filter(|p| p.is_terminal())
+            .collect();
+        assert_eq!(terminal, [SandboxPhase::Succeeded, SandboxPhase::Failed]);
+    }
 }

@@ -12,7 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 use sandbox_api::duration::parse_go_duration;
 use sandbox_api::keys::*;
 use sandbox_api::state::{SandboxState, sandbox_state};
-use sandbox_api::types::{claim_phase, condition, phase as sandbox_phase};
+use sandbox_api::types::{SandboxPhase, claim_phase, condition};
 use sandbox_api::{Sandbox, SandboxClaim, SandboxClaimStatus};
 use serde_json::{Value, json};
 
@@ -378,8 +378,8 @@ pub fn created_sandbox_ready(s: &Sandbox) -> Result<bool, String> {
     let Some(st) = s.status.as_ref() else {
         return Ok(false);
     };
-    let phase = st.phase.as_deref();
-    if let Some(p @ (sandbox_phase::FAILED | sandbox_phase::SUCCEEDED)) = phase {
+    let phase = st.known_phase();
+    if let Some(p) = phase.filter(|p| p.is_terminal()) {
         return Err(format!("sandbox ended {p}"));
     }
     if let Some(c) = st.conditions.iter().find(|c| {
@@ -398,7 +398,7 @@ pub fn created_sandbox_ready(s: &Sandbox) -> Result<bool, String> {
         .and_then(|p| p.pod_ip.as_deref())
         .is_some_and(|ip| !ip.is_empty());
     Ok(st.observed_generation == s.metadata.generation
-        && phase == Some(sandbox_phase::RUNNING)
+        && phase == Some(SandboxPhase::Running)
         && conditions::is_true(&st.conditions, condition::READY)
         && has_ip)
 }

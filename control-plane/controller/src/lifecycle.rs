@@ -2,8 +2,9 @@
 //! decide what to do (timers, pod create/delete, finalizers) and what the status becomes. The kube
 //! adapter (`reconcile::sandbox`) performs the plan; nothing here does I/O.
 //!
-//! Phases: "" → Pending → Running ⇄ Paused → Resuming → Running, Running → Upgrading → Running
-//! (pod-replacement upgrade), and the terminal Succeeded/Failed.
+//! Phases ([`SandboxPhase`]): "" → Pending → Running ⇄ Paused → Resuming → Running, Running →
+//! Upgrading → Running (pod-replacement upgrade), and the terminal Succeeded/Failed. Each phase
+//! is one method of `Step`; a phase this version does not know is left as it is.
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use sandbox_api::duration::parse_go_duration;
 use sandbox_api::keys::*;
-use sandbox_api::types::{condition as cond, phase};
+use sandbox_api::types::{SandboxPhase, condition as cond};
 use sandbox_api::{Sandbox, SandboxStatus};
 
 use crate::conditions;
@@ -231,43 +232,28 @@ fn event(warning: bool, reason: &str, message: impl Into<String>) -> PlannedEven
     }
 }
 
-/// Plans one reconcile of a live (not deleting) sandbox.
+/// Plans one reconcile of a sandbox: deletion, timers, then the step of its phase.
 pub fn plan(o: &Observed<'_>) -> Plan {
     let sbx = o.sandbox;
-    let now = o.now;
-    let mut status = sbx.status.clone().unwrap_or_default();
-    let old_phase = status.phase.clone().unwrap_or_default();
     let mut p = Plan {
         timer: TimerAction::None,
         pod: PodAction::None,
         add_finalizer: false,
         remove_finalizer: false,
-        status: status.clone(),
+        status: sbx.status.clone().unwrap_or_default(),
         requeue_after: None,
         events: Vec::new(),
         init_runtime: false,
         inplace_update: false,
         set_immutable_hash: None,
     };
-
-    // Deletion: take the pod down, then let go of the finalizer.
     if sbx.metadata.deletion_timestamp.is_some() {
-        if o.pod.exists && !o.pod.terminating && o.pod.owner_uid == sbx.metadata.uid {
-            p.pod = PodAction::Delete {
-                grace_seconds: None,
-            };
-            p.events.push(event(
-                false,
-                "SandboxTerminating",
-                "deleting the sandbox pod",
-            ));
-        }
-        if (!o.pod.exists || o.pod.owner_uid != sbx.metadata.uid) && has_finalizer(sbx) {
-            p.remove_finalizer = true;
-        }
+        plan_deletion(o, &mut p);
         return p;
     }
-    if old_phase == phase::SUCCEEDED || old_phase == phase::FAILED {
+    let old_raw = p.status.phase.clone().unwrap_or_default();
+    let old = SandboxPhase::parse(&old_raw);
+    if old.is_some_and(SandboxPhase::is_terminal) {
         return p;
     }
     if annotation(sbx, ANNOTATION_HASH_IMMUTABLE_PART).is_none()
@@ -275,417 +261,474 @@ pub fn plan(o: &Observed<'_>) -> Plan {
     {
         p.set_immutable_hash = Some(h.clone());
     }
-
-    let (timer, next) = check_timers(sbx, now);
+    let (timer, next) = check_timers(sbx, o.now);
     if timer != TimerAction::None {
         p.timer = timer;
         return p;
     }
     p.requeue_after = next;
-
-    // A pod of an older sandbox with the same name is never adopted (#756/#757).
-    let stale_pod =
-        o.pod.exists && o.pod.owner_uid.is_some() && o.pod.owner_uid != sbx.metadata.uid;
-    let pod = if stale_pod {
-        PodFacts::default()
+    let mut step = Step::new(o, p);
+    // "" is a sandbox never reconciled: it starts Pending. A phase this version does not know
+    // is left alone.
+    let next = if old_raw.is_empty() {
+        Some(step.advance(SandboxPhase::Pending))
     } else {
-        o.pod.clone()
+        old.map(|ph| step.advance(ph))
     };
-    if stale_pod {
-        p.events.push(event(
-            true,
-            "PodOwnerMismatch",
-            "a pod of an older sandbox with this name is still terminating",
-        ));
-    }
-
-    let mut ph = if old_phase.is_empty() {
-        phase::PENDING.to_string()
-    } else {
-        old_phase.clone()
-    };
-    let pinned_revision = status.update_revision.clone();
-    let mut revision = o.revision.clone();
-    let upgrade_policy = sbx
-        .spec
-        .upgrade_policy
-        .as_ref()
-        .and_then(|u| u.type_.clone())
-        .filter(|t| !t.is_empty());
-
-    match ph.as_str() {
-        phase::PENDING => {
-            if stale_pod {
-                p.requeue_after = Some(Duration::from_secs(2));
-            } else if !pod.exists {
-                p.pod = PodAction::Create;
-            } else if pod.phase == "Succeeded" || pod.phase == "Failed" {
-                ph = pod.phase.clone();
-            } else if pod.phase == "Running" {
-                ph = phase::RUNNING.into();
-                sync_running(&mut status.conditions, &pod, now);
-            }
-        }
-        phase::RUNNING => {
-            // A pause deletes the pod before the status write; if that write lost a conflict, the
-            // retry sees `Running` with the pod already going away. That is the pause in
-            // progress, not a lost pod, so a sandbox asked to pause never fails here.
-            let pausing = sbx.spec.paused;
-            if (!pod.exists || pod.terminating) && !pausing {
-                ph = phase::FAILED.into();
-                status.message = Some("Pod Not Found".into());
-            } else if pod.phase == "Succeeded" || pod.phase == "Failed" {
-                ph = pod.phase.clone();
-            } else if upgrade_policy.is_some()
-                && pinned_revision.as_deref().is_some_and(|r| r != revision)
-            {
-                ph = phase::UPGRADING.into();
-                conditions::set(
-                    &mut status.conditions,
-                    cond::UPGRADING,
-                    false,
-                    cond::REASON_UPGRADE_POD,
-                    "",
-                    now,
-                );
-                conditions::set(
-                    &mut status.conditions,
-                    cond::READY,
-                    false,
-                    cond::REASON_UPGRADING,
-                    "",
-                    now,
-                );
-                p.pod = PodAction::Delete {
-                    grace_seconds: None,
-                };
-            } else if sbx.spec.paused {
-                ph = phase::PAUSED.into();
-                conditions::remove(&mut status.conditions, cond::SANDBOX_RESUMED);
-                conditions::set(
-                    &mut status.conditions,
-                    cond::SANDBOX_PAUSED,
-                    false,
-                    cond::REASON_PENDING,
-                    "",
-                    now,
-                );
-                conditions::set(
-                    &mut status.conditions,
-                    cond::READY,
-                    false,
-                    cond::REASON_PENDING,
-                    "sandbox is pausing",
-                    now,
-                );
-                p.add_finalizer = !has_finalizer(sbx);
-                if pod.exists && !pod.terminating {
-                    p.pod = PodAction::Delete {
-                        grace_seconds: Some(PAUSE_GRACE_SECONDS),
-                    };
-                }
-                // Keep the old revision while pausing so a template change made now is seen later.
-                revision = pinned_revision.clone().unwrap_or(revision);
-            } else {
-                sync_running(&mut status.conditions, &pod, now);
-                if pod.template_hash.as_deref() != Some(revision.as_str())
-                    && upgrade_policy.is_none()
-                {
-                    let allowed = match (
-                        annotation(sbx, ANNOTATION_HASH_IMMUTABLE_PART),
-                        &o.immutable_hash,
-                    ) {
-                        (Some(stored), Some(cur)) => stored == cur,
-                        _ => true,
-                    };
-                    if allowed {
-                        p.inplace_update = true;
-                    } else if conditions::reason(&status.conditions, cond::INPLACE_UPDATE)
-                        != Some(cond::REASON_FAILED)
-                    {
-                        conditions::set(
-                            &mut status.conditions,
-                            cond::INPLACE_UPDATE,
-                            false,
-                            cond::REASON_FAILED,
-                            "only images, resources, labels and annotations can change in place",
-                            now,
-                        );
-                        p.events.push(event(true, "InplaceUpdateForbidden",
-                            "the template changed beyond images, resources and metadata; set spec.upgradePolicy to replace the pod"));
-                    }
-                }
-                if pod.ready
-                    && annotation(sbx, ANNOTATION_INIT_RUNTIME_REQUEST).is_some()
-                    && !conditions::is_true(&status.conditions, cond::RUNTIME_INITIALIZED)
-                    && conditions::reason(&status.conditions, cond::RUNTIME_INITIALIZED)
-                        != Some(cond::REASON_FAILED)
-                {
-                    p.init_runtime = true;
-                }
-            }
-        }
-        phase::PAUSED => {
-            let paused_done = conditions::is_true(&status.conditions, cond::SANDBOX_PAUSED);
-            if !paused_done {
-                revision = pinned_revision.clone().unwrap_or(revision);
-                p.add_finalizer = !has_finalizer(sbx);
-                conditions::set(
-                    &mut status.conditions,
-                    cond::READY,
-                    false,
-                    cond::REASON_PENDING,
-                    "sandbox is pausing",
-                    now,
-                );
-                if pod.exists {
-                    if !pod.terminating {
-                        p.pod = PodAction::Delete {
-                            grace_seconds: Some(PAUSE_GRACE_SECONDS),
-                        };
-                    }
-                    p.requeue_after = Some(Duration::from_secs(1));
-                } else {
-                    conditions::set(
-                        &mut status.conditions,
-                        cond::SANDBOX_PAUSED,
-                        true,
-                        cond::REASON_STOP_PAUSE_SUCCEED,
-                        "",
-                        now,
-                    );
-                    status.node_name = None;
-                    status.sandbox_ip = None;
-                    status.pod_info = None;
-                }
-            } else if !sbx.spec.paused {
-                ph = phase::RESUMING.into();
-                conditions::set(
-                    &mut status.conditions,
-                    cond::SANDBOX_RESUMED,
-                    false,
-                    cond::REASON_CREATE_POD,
-                    "",
-                    now,
-                );
-                if !pod.exists {
-                    p.pod = PodAction::Create;
-                }
-            } else if annotation(sbx, ANNOTATION_UPGRADE_RESUME_TRIGGER) == Some("true")
-                && upgrade_policy.is_some()
-            {
-                // Two-phase upgrade of a paused sandbox: resume it first, then wait for the
-                // update ops to patch the template.
-                ph = phase::UPGRADING.into();
-                conditions::set(
-                    &mut status.conditions,
-                    cond::UPGRADING,
-                    false,
-                    cond::REASON_RESUMING,
-                    "",
-                    now,
-                );
-                conditions::set(
-                    &mut status.conditions,
-                    cond::READY,
-                    false,
-                    cond::REASON_UPGRADING,
-                    "",
-                    now,
-                );
-                if !pod.exists {
-                    p.pod = PodAction::Create;
-                }
-            }
-        }
-        phase::RESUMING => {
-            if pod.exists && pod.terminating {
-                p.requeue_after = Some(Duration::from_secs(1));
-            } else if !pod.exists {
-                p.pod = PodAction::Create;
-            } else if pod.phase == "Running" {
-                ph = phase::RUNNING.into();
-                conditions::set(
-                    &mut status.conditions,
-                    cond::SANDBOX_RESUMED,
-                    true,
-                    cond::REASON_RESUME_POD,
-                    "",
-                    now,
-                );
-                conditions::remove(&mut status.conditions, cond::SANDBOX_PAUSED);
-                if annotation(sbx, ANNOTATION_INIT_RUNTIME_REQUEST).is_some() {
-                    conditions::set(
-                        &mut status.conditions,
-                        cond::RUNTIME_INITIALIZED,
-                        false,
-                        cond::REASON_PENDING,
-                        "",
-                        now,
-                    );
-                }
-                sync_running(&mut status.conditions, &pod, now);
-                p.remove_finalizer = has_finalizer(sbx);
-            }
-        }
-        phase::UPGRADING
-            if conditions::reason(&status.conditions, cond::UPGRADING)
-                == Some(cond::REASON_RESUMING) =>
-        {
-            if !pod.exists {
-                p.pod = PodAction::Create;
-            } else if pod.ready {
-                conditions::set(
-                    &mut status.conditions,
-                    cond::UPGRADING,
-                    false,
-                    cond::REASON_RESUME_SUCCEED,
-                    "",
-                    now,
-                );
-            } else {
-                p.requeue_after = Some(Duration::from_secs(1));
-            }
-        }
-        phase::UPGRADING
-            if conditions::reason(&status.conditions, cond::UPGRADING)
-                == Some(cond::REASON_RESUME_SUCCEED)
-                && pod.template_hash.as_deref() == Some(revision.as_str()) =>
-        {
-            // Resumed; waiting for phase 2 (the template patch). If the trigger went away with
-            // no template change, the upgrade is abandoned.
-            if annotation(sbx, ANNOTATION_UPGRADE_RESUME_TRIGGER) != Some("true") {
-                ph = phase::RUNNING.into();
-                conditions::remove(&mut status.conditions, cond::UPGRADING);
-                sync_running(&mut status.conditions, &pod, now);
-            } else {
-                p.requeue_after = Some(Duration::from_secs(1));
-            }
-        }
-        phase::UPGRADING => {
-            // Pod-replacement upgrade (Recreate): old pod out, new pod in, wait for Ready.
-            if conditions::reason(&status.conditions, cond::UPGRADING)
-                != Some(cond::REASON_UPGRADE_POD)
-            {
-                conditions::set(
-                    &mut status.conditions,
-                    cond::UPGRADING,
-                    false,
-                    cond::REASON_UPGRADE_POD,
-                    "",
-                    now,
-                );
-            }
-            if pod.exists && pod.template_hash.as_deref() != Some(revision.as_str()) {
-                if !pod.terminating {
-                    p.pod = PodAction::Delete {
-                        grace_seconds: None,
-                    };
-                }
-                p.requeue_after = Some(Duration::from_secs(1));
-            } else if !pod.exists {
-                p.pod = PodAction::Create;
-            } else if pod.ready {
-                ph = phase::RUNNING.into();
-                conditions::set(
-                    &mut status.conditions,
-                    cond::UPGRADING,
-                    true,
-                    cond::REASON_SUCCEEDED,
-                    "",
-                    now,
-                );
-                sync_running(&mut status.conditions, &pod, now);
-                if annotation(sbx, ANNOTATION_INIT_RUNTIME_REQUEST).is_some() {
-                    conditions::set(
-                        &mut status.conditions,
-                        cond::RUNTIME_INITIALIZED,
-                        false,
-                        cond::REASON_PENDING,
-                        "",
-                        now,
-                    );
-                }
-            } else {
-                status.node_name = pod.node.clone();
-                status.sandbox_ip = pod.ip.clone();
-            }
-        }
-        _ => {}
-    }
-
-    if (ph == phase::RUNNING
-        || ph == phase::PENDING
-        || ph == phase::RESUMING
-        || ph == phase::UPGRADING)
-        && pod.exists
-        && !stale_pod
-    {
-        status.node_name = pod.node.clone();
-        status.sandbox_ip = pod.ip.clone();
-        status.pod_info = Some(sandbox_api::PodInfo {
-            node_name: pod.node.clone(),
-            pod_ip: pod.ip.clone(),
-            pod_uid: pod.uid.clone(),
-            ..Default::default()
-        });
-    }
-    if ph == phase::FAILED || ph == phase::SUCCEEDED {
-        conditions::set(&mut status.conditions, cond::READY, false, "", "", now);
-    }
-    if ph != old_phase {
-        let (warning, msg) = match ph.as_str() {
-            phase::FAILED => (
-                true,
-                status
-                    .message
-                    .clone()
-                    .unwrap_or_else(|| "pod failed".into()),
-            ),
-            _ => (
-                false,
-                format!(
-                    "phase {} -> {}",
-                    if old_phase.is_empty() {
-                        "\"\""
-                    } else {
-                        &old_phase
-                    },
-                    ph
-                ),
-            ),
-        };
-        p.events.push(event(warning, &format!("Sandbox{ph}"), msg));
-    }
-    status.phase = Some(ph);
-    status.update_revision = Some(revision);
-    status.observed_generation = sbx.metadata.generation;
-    p.status = status;
-    p
+    step.finish(&old_raw, next)
 }
 
-/// Ready mirrors the pod; a not-ready pod with a Waiting container reports StartContainerFailed.
-fn sync_running(conds: &mut Vec<sandbox_api::Condition>, pod: &PodFacts, now: Timestamp) {
-    if pod.ready {
-        conditions::set(conds, cond::READY, true, cond::REASON_POD_READY, "", now);
-    } else if let Some(w) = &pod.waiting {
+/// Deletion: take the pod down, then let go of the finalizer.
+fn plan_deletion(o: &Observed<'_>, p: &mut Plan) {
+    let sbx = o.sandbox;
+    let own_pod = o.pod.owner_uid == sbx.metadata.uid;
+    if o.pod.exists && !o.pod.terminating && own_pod {
+        p.pod = PodAction::Delete {
+            grace_seconds: None,
+        };
+        p.events.push(event(
+            false,
+            "SandboxTerminating",
+            "deleting the sandbox pod",
+        ));
+    }
+    if (!o.pod.exists || !own_pod) && has_finalizer(sbx) {
+        p.remove_finalizer = true;
+    }
+}
+
+/// The pod's own end, if it ended (its phase becomes the sandbox's).
+fn pod_end(pod: &PodFacts) -> Option<SandboxPhase> {
+    match pod.phase.as_str() {
+        "Succeeded" => Some(SandboxPhase::Succeeded),
+        "Failed" => Some(SandboxPhase::Failed),
+        _ => None,
+    }
+}
+
+/// Where an upgrade stands, from its condition's reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpgradeStage {
+    /// A paused sandbox being resumed for a two-phase upgrade.
+    Resuming,
+    /// Resumed; waiting for the update ops to patch the template (phase 2).
+    AwaitingPatch,
+    /// Pod replacement: old pod out, new pod in, wait for Ready.
+    ReplacingPod,
+}
+
+/// One phase step: what it reads (the sandbox, its pod, the time) and what it builds (the status
+/// and the plan). Each phase has its method; each returns the phase the sandbox moves to.
+struct Step<'a> {
+    sbx: &'a Sandbox,
+    /// The sandbox's pod; empty when the pod belongs to an older sandbox of the same name.
+    pod: PodFacts,
+    stale_pod: bool,
+    now: Timestamp,
+    immutable_hash: Option<&'a str>,
+    status: SandboxStatus,
+    plan: Plan,
+    /// The revision recorded in the status (kept at the pinned one while pausing).
+    revision: String,
+    pinned_revision: Option<String>,
+    upgrade_policy: bool,
+}
+
+impl<'a> Step<'a> {
+    fn new(o: &'a Observed<'a>, mut plan: Plan) -> Step<'a> {
+        let sbx = o.sandbox;
+        // A pod of an older sandbox with the same name is never adopted (#756/#757).
+        let stale_pod =
+            o.pod.exists && o.pod.owner_uid.is_some() && o.pod.owner_uid != sbx.metadata.uid;
+        if stale_pod {
+            plan.events.push(event(
+                true,
+                "PodOwnerMismatch",
+                "a pod of an older sandbox with this name is still terminating",
+            ));
+        }
+        let status = plan.status.clone();
+        Step {
+            sbx,
+            pod: if stale_pod {
+                PodFacts::default()
+            } else {
+                o.pod.clone()
+            },
+            stale_pod,
+            now: o.now,
+            immutable_hash: o.immutable_hash.as_deref(),
+            pinned_revision: status.update_revision.clone(),
+            status,
+            plan,
+            revision: o.revision.clone(),
+            upgrade_policy: sbx
+                .spec
+                .upgrade_policy
+                .as_ref()
+                .and_then(|u| u.type_.as_deref())
+                .is_some_and(|t| !t.is_empty()),
+        }
+    }
+
+    fn advance(&mut self, ph: SandboxPhase) -> SandboxPhase {
+        match ph {
+            SandboxPhase::Pending => self.pending(),
+            SandboxPhase::Running => self.running(),
+            SandboxPhase::Paused => self.paused(),
+            SandboxPhase::Resuming => self.resuming(),
+            SandboxPhase::Upgrading => self.upgrading(),
+            SandboxPhase::Succeeded
+            | SandboxPhase::Failed
+            | SandboxPhase::Recycling
+            | SandboxPhase::Terminating => ph,
+        }
+    }
+
+    fn set(&mut self, type_: &str, status: bool, reason: &str, message: &str) {
         conditions::set(
-            conds,
+            &mut self.status.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            self.now,
+        );
+    }
+
+    fn create_pod_if_missing(&mut self) {
+        if !self.pod.exists {
+            self.plan.pod = PodAction::Create;
+        }
+    }
+
+    /// Ready mirrors the pod; a not-ready pod with a Waiting container reports
+    /// StartContainerFailed.
+    fn sync_ready(&mut self) {
+        if self.pod.ready {
+            self.set(cond::READY, true, cond::REASON_POD_READY, "");
+        } else if let Some(w) = self.pod.waiting.clone() {
+            self.set(cond::READY, false, cond::REASON_START_CONTAINER_FAILED, &w);
+        } else {
+            self.set(
+                cond::READY,
+                false,
+                cond::REASON_POD_READY,
+                "pod is not ready",
+            );
+        }
+    }
+
+    /// A claimed sandbox's runtime needs `/init` again on its new pod.
+    fn reset_runtime_init(&mut self) {
+        if annotation(self.sbx, ANNOTATION_INIT_RUNTIME_REQUEST).is_some() {
+            self.set(cond::RUNTIME_INITIALIZED, false, cond::REASON_PENDING, "");
+        }
+    }
+
+    fn pending(&mut self) -> SandboxPhase {
+        if self.stale_pod {
+            self.plan.requeue_after = Some(Duration::from_secs(2));
+        } else if !self.pod.exists {
+            self.plan.pod = PodAction::Create;
+        } else if let Some(end) = pod_end(&self.pod) {
+            return end;
+        } else if self.pod.phase == "Running" {
+            self.sync_ready();
+            return SandboxPhase::Running;
+        }
+        SandboxPhase::Pending
+    }
+
+    fn running(&mut self) -> SandboxPhase {
+        // A pause deletes the pod before the status write; if that write lost a conflict, the
+        // retry sees `Running` with the pod already going away. That is the pause in progress,
+        // not a lost pod, so a sandbox asked to pause never fails here.
+        if (!self.pod.exists || self.pod.terminating) && !self.sbx.spec.paused {
+            self.status.message = Some("Pod Not Found".into());
+            return SandboxPhase::Failed;
+        }
+        if let Some(end) = pod_end(&self.pod) {
+            return end;
+        }
+        if self.upgrade_policy
+            && self
+                .pinned_revision
+                .as_deref()
+                .is_some_and(|r| r != self.revision)
+        {
+            return self.start_upgrade();
+        }
+        if self.sbx.spec.paused {
+            return self.start_pause();
+        }
+        self.keep_running();
+        SandboxPhase::Running
+    }
+
+    /// Pod-replacement upgrade (`upgradePolicy` set and the template changed).
+    fn start_upgrade(&mut self) -> SandboxPhase {
+        self.set(cond::UPGRADING, false, cond::REASON_UPGRADE_POD, "");
+        self.set(cond::READY, false, cond::REASON_UPGRADING, "");
+        self.plan.pod = PodAction::Delete {
+            grace_seconds: None,
+        };
+        SandboxPhase::Upgrading
+    }
+
+    fn start_pause(&mut self) -> SandboxPhase {
+        conditions::remove(&mut self.status.conditions, cond::SANDBOX_RESUMED);
+        self.set(cond::SANDBOX_PAUSED, false, cond::REASON_PENDING, "");
+        self.set(
             cond::READY,
             false,
-            cond::REASON_START_CONTAINER_FAILED,
-            w,
-            now,
+            cond::REASON_PENDING,
+            "sandbox is pausing",
         );
-    } else {
-        conditions::set(
-            conds,
+        self.plan.add_finalizer = !has_finalizer(self.sbx);
+        if self.pod.exists && !self.pod.terminating {
+            self.plan.pod = PodAction::Delete {
+                grace_seconds: Some(PAUSE_GRACE_SECONDS),
+            };
+        }
+        // Keep the old revision while pausing so a template change made now is seen later.
+        self.keep_pinned_revision();
+        SandboxPhase::Paused
+    }
+
+    fn keep_pinned_revision(&mut self) {
+        if let Some(r) = &self.pinned_revision {
+            self.revision = r.clone();
+        }
+    }
+
+    /// Running and staying so: readiness, in-place updates, runtime init.
+    fn keep_running(&mut self) {
+        self.sync_ready();
+        if self.pod.template_hash.as_deref() != Some(self.revision.as_str()) && !self.upgrade_policy
+        {
+            self.update_in_place();
+        }
+        if self.pod.ready
+            && annotation(self.sbx, ANNOTATION_INIT_RUNTIME_REQUEST).is_some()
+            && !conditions::is_true(&self.status.conditions, cond::RUNTIME_INITIALIZED)
+            && conditions::reason(&self.status.conditions, cond::RUNTIME_INITIALIZED)
+                != Some(cond::REASON_FAILED)
+        {
+            self.plan.init_runtime = true;
+        }
+    }
+
+    /// The template changed: in place when only images, resources and metadata changed.
+    fn update_in_place(&mut self) {
+        let allowed = match (
+            annotation(self.sbx, ANNOTATION_HASH_IMMUTABLE_PART),
+            self.immutable_hash,
+        ) {
+            (Some(stored), Some(cur)) => stored == cur,
+            _ => true,
+        };
+        if allowed {
+            self.plan.inplace_update = true;
+        } else if conditions::reason(&self.status.conditions, cond::INPLACE_UPDATE)
+            != Some(cond::REASON_FAILED)
+        {
+            self.set(
+                cond::INPLACE_UPDATE,
+                false,
+                cond::REASON_FAILED,
+                "only images, resources, labels and annotations can change in place",
+            );
+            self.plan.events.push(event(
+                true,
+                "InplaceUpdateForbidden",
+                "the template changed beyond images, resources and metadata; set spec.upgradePolicy to replace the pod",
+            ));
+        }
+    }
+
+    fn paused(&mut self) -> SandboxPhase {
+        if !conditions::is_true(&self.status.conditions, cond::SANDBOX_PAUSED) {
+            self.finish_pause();
+            return SandboxPhase::Paused;
+        }
+        if !self.sbx.spec.paused {
+            self.set(cond::SANDBOX_RESUMED, false, cond::REASON_CREATE_POD, "");
+            self.create_pod_if_missing();
+            return SandboxPhase::Resuming;
+        }
+        if annotation(self.sbx, ANNOTATION_UPGRADE_RESUME_TRIGGER) == Some("true")
+            && self.upgrade_policy
+        {
+            // Two-phase upgrade of a paused sandbox: resume it first, then wait for the update
+            // ops to patch the template.
+            self.set(cond::UPGRADING, false, cond::REASON_RESUMING, "");
+            self.set(cond::READY, false, cond::REASON_UPGRADING, "");
+            self.create_pod_if_missing();
+            return SandboxPhase::Upgrading;
+        }
+        SandboxPhase::Paused
+    }
+
+    /// Pausing: wait for the pod to go, then record the pause as done.
+    fn finish_pause(&mut self) {
+        self.keep_pinned_revision();
+        self.plan.add_finalizer = !has_finalizer(self.sbx);
+        self.set(
             cond::READY,
             false,
-            cond::REASON_POD_READY,
-            "pod is not ready",
-            now,
+            cond::REASON_PENDING,
+            "sandbox is pausing",
         );
+        if self.pod.exists {
+            if !self.pod.terminating {
+                self.plan.pod = PodAction::Delete {
+                    grace_seconds: Some(PAUSE_GRACE_SECONDS),
+                };
+            }
+            self.plan.requeue_after = Some(Duration::from_secs(1));
+        } else {
+            self.set(
+                cond::SANDBOX_PAUSED,
+                true,
+                cond::REASON_STOP_PAUSE_SUCCEED,
+                "",
+            );
+            self.status.node_name = None;
+            self.status.sandbox_ip = None;
+            self.status.pod_info = None;
+        }
+    }
+
+    fn resuming(&mut self) -> SandboxPhase {
+        if self.pod.exists && self.pod.terminating {
+            self.plan.requeue_after = Some(Duration::from_secs(1));
+        } else if !self.pod.exists {
+            self.plan.pod = PodAction::Create;
+        } else if self.pod.phase == "Running" {
+            self.set(cond::SANDBOX_RESUMED, true, cond::REASON_RESUME_POD, "");
+            conditions::remove(&mut self.status.conditions, cond::SANDBOX_PAUSED);
+            self.reset_runtime_init();
+            self.sync_ready();
+            self.plan.remove_finalizer = has_finalizer(self.sbx);
+            return SandboxPhase::Running;
+        }
+        SandboxPhase::Resuming
+    }
+
+    fn upgrade_stage(&self) -> UpgradeStage {
+        match conditions::reason(&self.status.conditions, cond::UPGRADING) {
+            Some(cond::REASON_RESUMING) => UpgradeStage::Resuming,
+            Some(cond::REASON_RESUME_SUCCEED)
+                if self.pod.template_hash.as_deref() == Some(self.revision.as_str()) =>
+            {
+                UpgradeStage::AwaitingPatch
+            }
+            _ => UpgradeStage::ReplacingPod,
+        }
+    }
+
+    fn upgrading(&mut self) -> SandboxPhase {
+        match self.upgrade_stage() {
+            UpgradeStage::Resuming => self.resume_for_upgrade(),
+            UpgradeStage::AwaitingPatch => self.await_upgrade_patch(),
+            UpgradeStage::ReplacingPod => self.replace_pod(),
+        }
+    }
+
+    fn resume_for_upgrade(&mut self) -> SandboxPhase {
+        if !self.pod.exists {
+            self.plan.pod = PodAction::Create;
+        } else if self.pod.ready {
+            self.set(cond::UPGRADING, false, cond::REASON_RESUME_SUCCEED, "");
+        } else {
+            self.plan.requeue_after = Some(Duration::from_secs(1));
+        }
+        SandboxPhase::Upgrading
+    }
+
+    /// Resumed; waiting for phase 2 (the template patch). If the trigger went away with no
+    /// template change, the upgrade is abandoned.
+    fn await_upgrade_patch(&mut self) -> SandboxPhase {
+        if annotation(self.sbx, ANNOTATION_UPGRADE_RESUME_TRIGGER) != Some("true") {
+            conditions::remove(&mut self.status.conditions, cond::UPGRADING);
+            self.sync_ready();
+            return SandboxPhase::Running;
+        }
+        self.plan.requeue_after = Some(Duration::from_secs(1));
+        SandboxPhase::Upgrading
+    }
+
+    /// Pod-replacement upgrade (Recreate): old pod out, new pod in, wait for Ready.
+    fn replace_pod(&mut self) -> SandboxPhase {
+        if conditions::reason(&self.status.conditions, cond::UPGRADING)
+            != Some(cond::REASON_UPGRADE_POD)
+        {
+            self.set(cond::UPGRADING, false, cond::REASON_UPGRADE_POD, "");
+        }
+        if self.pod.exists && self.pod.template_hash.as_deref() != Some(self.revision.as_str()) {
+            if !self.pod.terminating {
+                self.plan.pod = PodAction::Delete {
+                    grace_seconds: None,
+                };
+            }
+            self.plan.requeue_after = Some(Duration::from_secs(1));
+        } else if !self.pod.exists {
+            self.plan.pod = PodAction::Create;
+        } else if self.pod.ready {
+            self.set(cond::UPGRADING, true, cond::REASON_SUCCEEDED, "");
+            self.sync_ready();
+            self.reset_runtime_init();
+            return SandboxPhase::Running;
+        } else {
+            self.status.node_name = self.pod.node.clone();
+            self.status.sandbox_ip = self.pod.ip.clone();
+        }
+        SandboxPhase::Upgrading
+    }
+
+    /// Records the pod's placement, the phase (`None`: an unknown phase, kept) and its event.
+    fn finish(mut self, old_raw: &str, next: Option<SandboxPhase>) -> Plan {
+        if let Some(ph) = next {
+            let with_pod = matches!(
+                ph,
+                SandboxPhase::Running
+                    | SandboxPhase::Pending
+                    | SandboxPhase::Resuming
+                    | SandboxPhase::Upgrading
+            );
+            if with_pod && self.pod.exists && !self.stale_pod {
+                self.status.node_name = self.pod.node.clone();
+                self.status.sandbox_ip = self.pod.ip.clone();
+                self.status.pod_info = Some(sandbox_api::PodInfo {
+                    node_name: self.pod.node.clone(),
+                    pod_ip: self.pod.ip.clone(),
+                    pod_uid: self.pod.uid.clone(),
+                    ..Default::default()
+                });
+            }
+            if ph.is_terminal() {
+                self.set(cond::READY, false, "", "");
+            }
+            if ph.as_str() != old_raw {
+                self.plan.events.push(self.phase_event(old_raw, ph));
+            }
+            self.status.phase = Some(ph.as_str().into());
+        }
+        self.status.update_revision = Some(self.revision);
+        self.status.observed_generation = self.sbx.metadata.generation;
+        self.plan.status = self.status;
+        self.plan
+    }
+
+    fn phase_event(&self, old_raw: &str, ph: SandboxPhase) -> PlannedEvent {
+        let reason = format!("Sandbox{ph}");
+        if ph == SandboxPhase::Failed {
+            let msg = self.status.message.as_deref().unwrap_or("pod failed");
+            return event(true, &reason, msg);
+        }
+        let old = if old_raw.is_empty() { "\"\"" } else { old_raw };
+        event(false, &reason, format!("phase {old} -> {ph}"))
     }
 }
 
@@ -740,6 +783,20 @@ mod tests {
         assert_eq!(p.status.phase.as_deref(), Some("Running"));
         assert!(conditions::is_true(&p.status.conditions, "Ready"));
         assert_eq!(p.status.sandbox_ip.as_deref(), Some("127.0.1.2"));
+    }
+
+    #[test]
+    fn unknown_and_unhandled_phases_are_left_alone() {
+        for ph in ["Recycling", "SomethingNew"] {
+            let mut s = sbx(ph);
+            s.metadata.generation = Some(3);
+            let p = run(&s, running_pod(true));
+            assert_eq!(p.status.phase.as_deref(), Some(ph));
+            assert_eq!(p.pod, PodAction::None);
+            assert!(p.events.is_empty(), "{:?}", p.events);
+            assert_eq!(p.status.observed_generation, Some(3));
+            assert_eq!(p.status.pod_info, None);
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sandbox_api::keys::*;
 use sandbox_api::state::is_pool_owned;
-use sandbox_api::types::{condition as cond, ops_phase, phase};
+use sandbox_api::types::{SandboxPhase, condition as cond, ops_phase};
 use sandbox_api::{Sandbox, SandboxUpdateOps};
 use serde_json::Value;
 
@@ -53,14 +53,14 @@ fn template_matches(sbx: &Sandbox, patch: Option<&Value>) -> bool {
 /// sandbox's `update-ops` label (if it is another one) is still Pending/Updating.
 pub fn classify(ops: &SandboxUpdateOps, sbx: &Sandbox, active_other: bool) -> OpsClass {
     let ops_name = ops.metadata.name.as_deref().unwrap_or_default();
-    let ph = sbx
+    let raw = sbx
         .status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .unwrap_or("");
+    let ph = SandboxPhase::parse(raw);
     if sbx.metadata.deletion_timestamp.is_some()
-        || ph == phase::SUCCEEDED
-        || ph == phase::FAILED
+        || ph.is_some_and(SandboxPhase::is_terminal)
         || is_pool_owned(sbx)
     {
         return OpsClass::Skip;
@@ -82,8 +82,8 @@ pub fn classify(ops: &SandboxUpdateOps, sbx: &Sandbox, active_other: bool) -> Op
             .as_ref()
             .map(|f| f.states.clone())
             .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| vec![phase::RUNNING.to_string()]);
-        if ph != phase::UPGRADING && !states.iter().any(|s| s == ph) {
+            .unwrap_or_else(|| vec![SandboxPhase::Running.as_str().to_string()]);
+        if ph != Some(SandboxPhase::Upgrading) && !states.iter().any(|s| s == raw) {
             return OpsClass::Skip;
         }
     }
@@ -95,10 +95,13 @@ pub fn classify(ops: &SandboxUpdateOps, sbx: &Sandbox, active_other: bool) -> Op
     let observed =
         sbx.status.as_ref().and_then(|s| s.observed_generation) == sbx.metadata.generation;
     if !mine {
-        if template_matches(sbx, ops.spec.patch.as_ref()) && ph != phase::UPGRADING && observed {
+        if template_matches(sbx, ops.spec.patch.as_ref())
+            && ph != Some(SandboxPhase::Upgrading)
+            && observed
+        {
             return OpsClass::Skip;
         }
-        if ph == phase::PAUSED
+        if ph == Some(SandboxPhase::Paused)
             && !(conditions::is_true(conds, cond::SANDBOX_PAUSED) && sbx.spec.paused)
         {
             return OpsClass::Skip;
@@ -119,11 +122,13 @@ pub fn classify(ops: &SandboxUpdateOps, sbx: &Sandbox, active_other: bool) -> Op
             | cond::REASON_CHECKPOINT_FAILED,
         ) => OpsClass::Failed,
         Some(cond::REASON_RESUME_SUCCEED) => OpsClass::NeedsPhase2,
-        None if template_matches(sbx, ops.spec.patch.as_ref()) && ph == phase::RUNNING => {
+        None if template_matches(sbx, ops.spec.patch.as_ref())
+            && ph == Some(SandboxPhase::Running) =>
+        {
             OpsClass::Updated
         }
         // Labelled, never upgraded and Running again: it was un-paused before phase 2.
-        None if ph == phase::RUNNING => OpsClass::NeedsPhase2,
+        None if ph == Some(SandboxPhase::Running) => OpsClass::NeedsPhase2,
         _ => OpsClass::Updating,
     }
 }

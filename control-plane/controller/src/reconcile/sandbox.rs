@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use sandbox_api::keys::*;
 use sandbox_api::types::condition as cond;
-use sandbox_api::{Sandbox, SandboxTemplate};
+use sandbox_api::{Sandbox, SandboxPhase, SandboxTemplate};
 use serde_json::json;
 
 use crate::conditions;
@@ -243,10 +243,7 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
     }
     let pod = pods.get_opt(&name).await?;
     let deleting = sbx.metadata.deletion_timestamp.is_some();
-    let terminal = matches!(
-        sbx.status.as_ref().and_then(|s| s.phase.as_deref()),
-        Some(sandbox_api::types::phase::SUCCEEDED | sandbox_api::types::phase::FAILED)
-    );
+    let terminal = sbx.phase().is_some_and(SandboxPhase::is_terminal);
 
     let template = if deleting || terminal {
         None

@@ -14,7 +14,7 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use sandbox_api::keys::*;
 use sandbox_api::state::{SandboxState, is_pool_owned, sandbox_state};
-use sandbox_api::types::phase;
+use sandbox_api::types::SandboxPhase;
 use sandbox_api::{Sandbox, SandboxSet, SandboxSetStatus, SandboxTemplate, SandboxTemplateSpec};
 use serde_json::json;
 
@@ -47,13 +47,14 @@ fn member_of(set: &SandboxSet, s: &Sandbox, revision: &str, now: Timestamp) -> P
         (false, _) => MemberState::Used,
     };
     let status = s.status.as_ref();
-    let ph = status.and_then(|x| x.phase.as_deref()).unwrap_or("");
+    let raw = status.and_then(|x| x.phase.as_deref()).unwrap_or("");
+    let ph = SandboxPhase::parse(raw);
     PoolMember {
         name: s.name_any(),
         state,
         updated: s.labels().get(LABEL_TEMPLATE_HASH).map(String::as_str) == Some(revision),
-        pending: ph.is_empty() || ph == phase::PENDING,
-        running_not_ready: ph == phase::RUNNING && st != SandboxState::Available,
+        pending: raw.is_empty() || ph == Some(SandboxPhase::Pending),
+        running_not_ready: ph == Some(SandboxPhase::Running) && st != SandboxState::Available,
         recycled_count: status.and_then(|x| x.recycled_count).unwrap_or(0),
         created: s
             .metadata

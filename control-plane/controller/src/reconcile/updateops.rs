@@ -9,7 +9,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use sandbox_api::keys::*;
-use sandbox_api::types::{UPGRADE_RECREATE, ops_phase};
+use sandbox_api::types::{SandboxPhase, UPGRADE_RECREATE, ops_phase};
 use sandbox_api::{Sandbox, SandboxUpdateOps, SandboxUpdateOpsStatus};
 use serde_json::json;
 use std::ops::Not;
@@ -224,12 +224,7 @@ async fn reconcile_inner(ops: Arc<SandboxUpdateOps>, ctx: Arc<Context>) -> Resul
             "metadata": {"resourceVersion": s.metadata.resource_version, "labels": {LABEL_UPDATE_OPS: name, LABEL_UPGRADE_FAILED: null}},
             "spec": {"upgradePolicy": {"type": strategy}, "lifecycle": ops.spec.lifecycle.clone()},
         });
-        let ph = s
-            .status
-            .as_ref()
-            .and_then(|x| x.phase.as_deref())
-            .unwrap_or("");
-        if ph == sandbox_api::types::phase::PAUSED {
+        if s.phase() == Some(SandboxPhase::Paused) {
             patch["metadata"]["annotations"] = json!({ANNOTATION_UPGRADE_RESUME_TRIGGER: "true"});
         } else if let Some(t) = patched_template(s, ops.spec.patch.as_ref()) {
             // Replace the whole template so list elements the patch deleted really go away.
