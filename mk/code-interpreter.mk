@@ -1,0 +1,23 @@
+# Code interpreter (issue 12): the E2B Code Interpreter API on port 49999 (runtime/code-interpreter),
+# the kernels' virtualenv it runs (outside the repository, in the cache), its end-to-end suite
+# with the real e2b-code-interpreter SDK through the stack `make run` starts, and its benchmark.
+export CODE_INTERPRETER_BIN := $(CARGO_TARGET_DIR)/debug/code-interpreter
+export CODE_INTERPRETER_KERNELS_VENV ?= $(CACHE_DIR)/kernels-venv
+# The venv is rebuilt when its pins or its script change (a stamp named by their digest, so a
+# fresh clone reuses the cached venv).
+KERNELS_DIGEST := $(shell cat runtime/code-interpreter/kernel/requirements.txt scripts/setup-kernels.sh | sha256sum | cut -c1-16)
+KERNELS_STAMP := $(CODE_INTERPRETER_KERNELS_VENV)/.installed-$(KERNELS_DIGEST)
+PREPARE_TARGETS += build-code-interpreter kernels
+HELP_LINES += "make kernels          the code interpreter's kernels (ipykernel, bash_kernel, pandas, matplotlib, e2b-charts) in the cache"
+HELP_LINES += "make test-code-interpreter  its unit tests and its tests against real kernels"
+
+.PHONY: build-code-interpreter kernels test-code-interpreter
+build-code-interpreter:
+	$(CARGO) build --locked -p code-interpreter
+
+kernels: $(KERNELS_STAMP)
+$(KERNELS_STAMP):
+	scripts/setup-kernels.sh "$(CODE_INTERPRETER_KERNELS_VENV)" "$@"
+
+test-code-interpreter: kernels
+	$(CARGO) test --locked -p code-interpreter
