@@ -19,5 +19,8 @@ kernels: $(KERNELS_STAMP)
 $(KERNELS_STAMP):
 	scripts/setup-kernels.sh "$(CODE_INTERPRETER_KERNELS_VENV)" "$@"
 
+# make run offers code-interpreter-v1 with these.
+run-local: kernels build-code-interpreter
+
 test-code-interpreter: kernels
 	$(CARGO) test --locked -p code-interpreter

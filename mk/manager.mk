@@ -10,9 +10,9 @@ HELP_LINES += "make bench-manager    Sandbox.create() and create-to-first-comman
 build-manager:
 	$(CARGO) build --locked -p sandbox-manager
 
-# Everything the embedded stack runs: manager, agent-runtime, the module.
+# Everything the embedded stack runs: manager, agent-runtime, the module, the code interpreter.
 build-local-stack:
-	$(CARGO) build --locked -p sandbox-manager -p agent-runtime -p sandbox-gateway-filter
+	$(CARGO) build --locked -p sandbox-manager -p agent-runtime -p sandbox-gateway-filter -p code-interpreter
 
 run-local: venv build-local-stack
 	scripts/run-local.sh

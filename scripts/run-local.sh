@@ -8,9 +8,12 @@
 # gateway refuses 127.0.0.1 as an upstream. Ports and paths come from the environment:
 #   API_PORT (3000) GATEWAY_PORT (10000) XDS_PORT (18000) XDS_HTTP_PORT (18001)
 #   ENVOY_ADMIN_PORT (9901) GATEWAY_METRICS_PORT (9902, 0 = none) RUN_DIR (.run/local)
-#   DATA_DIR ($RUN_DIR/data) POOL_SIZE (2) TEMPLATES (none) ADDRESS_RANGE (127.1.0.0/16)
-#   MANAGER_ARGS (extra sandbox-manager flags)
-# Binaries: SANDBOX_MANAGER_BIN, AGENT_RUNTIME_BIN, SANDBOX_GATEWAY_MODULE, ENVOY_BIN (set by make).
+#   DATA_DIR ($RUN_DIR/data) POOL_SIZE (2) TEMPLATES (config/local-templates.yaml, which adds
+#   code-interpreter-v1, when its binary and kernels exist) ADDRESS_RANGE (127.1.0.0/16)
+#   MANAGER_ARGS (extra sandbox-manager flags) CODE_INTERPRETER_POOL_SIZE (1)
+# Binaries: SANDBOX_MANAGER_BIN, AGENT_RUNTIME_BIN, SANDBOX_GATEWAY_MODULE, ENVOY_BIN (set by make);
+# CODE_INTERPRETER_BIN (default: code-interpreter next to the manager) and
+# CODE_INTERPRETER_KERNELS_VENV (default: $SANDBOX_CACHE_DIR/kernels-venv; make kernels).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 manager=${SANDBOX_MANAGER_BIN:?SANDBOX_MANAGER_BIN is not set (run through make run)}
@@ -54,6 +57,25 @@ metrics_port: $metrics_port
 admin_port: $admin_port
 xds_address: http://127.0.0.1:$xds_port
 EOF
+# Templates: ${CODE_INTERPRETER_*} in the file are this run's code interpreter and kernels.
+code_interpreter=${CODE_INTERPRETER_BIN:-$(dirname "$manager")/code-interpreter}
+kernels_venv=${CODE_INTERPRETER_KERNELS_VENV:-${SANDBOX_CACHE_DIR:-$HOME/.cache/kruise-agents-rs}/kernels-venv}
+templates=${TEMPLATES:-}
+if [ -z "$templates" ]; then
+    if [ -x "$code_interpreter" ] && [ -d "$kernels_venv/share/jupyter/kernels" ]; then
+        templates=$root/config/local-templates.yaml
+    else
+        log "code-interpreter-v1 is not offered: $code_interpreter or the kernels in $kernels_venv are missing (make run builds both)"
+    fi
+fi
+if [ -n "$templates" ]; then
+    sed -e "s|\${CODE_INTERPRETER_BIN}|$code_interpreter|g" \
+        -e "s|\${CODE_INTERPRETER_KERNELS_VENV}|$kernels_venv|g" \
+        -e "s|\${CODE_INTERPRETER_POOL_SIZE}|${CODE_INTERPRETER_POOL_SIZE:-1}|g" \
+        "$templates" > "$run_dir/templates.yaml"
+    templates=$run_dir/templates.yaml
+fi
+
 # Envoy's bootstrap: admin and the ADS cluster, pointed at this run's ports.
 sed -e "s|port_value: 18000|port_value: $xds_port|" \
     -e "s|port_value: 9901|port_value: $admin_port|" \
@@ -62,7 +84,7 @@ sed -e "s|port_value: 18000|port_value: $xds_port|" \
 # shellcheck disable=SC2086
 "$manager" --backend local --listen "127.0.0.1:$api_port" --data-dir "$data_dir" \
     --runtime-bin "$runtime" --base-pool-size "${POOL_SIZE:-2}" \
-    ${TEMPLATES:+--templates "$TEMPLATES"} --address-range "${ADDRESS_RANGE:-127.1.0.0/16}" \
+    ${templates:+--templates "$templates"} --address-range "${ADDRESS_RANGE:-127.1.0.0/16}" \
     --xds-grpc-listen "127.0.0.1:$xds_port" --xds-http-listen "127.0.0.1:$xds_http_port" \
     --gateway-config "$run_dir/gateway.yaml" --min-gateways 1 \
     ${MANAGER_ARGS:-} >"$run_dir/manager.log" 2>&1 &
@@ -104,7 +126,7 @@ export E2B_DOMAIN=localhost
 EOF
 log ""
 log "ready. Paste these lines into another shell (also in $run_dir/env), then run"
-log "python examples/quickstart.py:"
+log "python examples/quickstart.py (or examples/code_interpreter.py):"
 log ""
 cat "$run_dir/env"
 log ""
