@@ -8,10 +8,11 @@ export CODE_INTERPRETER_KERNELS_VENV ?= $(CACHE_DIR)/kernels-venv
 KERNELS_DIGEST := $(shell cat runtime/code-interpreter/kernel/requirements.txt scripts/setup-kernels.sh | sha256sum | cut -c1-16)
 KERNELS_STAMP := $(CODE_INTERPRETER_KERNELS_VENV)/.installed-$(KERNELS_DIGEST)
 PREPARE_TARGETS += build-code-interpreter kernels
+EXTRA_TEST_TARGETS += test-code-interpreter-e2e
 HELP_LINES += "make kernels          the code interpreter's kernels (ipykernel, bash_kernel, pandas, matplotlib, e2b-charts) in the cache"
-HELP_LINES += "make test-code-interpreter  its unit tests and its tests against real kernels"
+HELP_LINES += "make test-code-interpreter  its unit tests + the e2b-code-interpreter SDK suite through the stack"
 
-.PHONY: build-code-interpreter kernels test-code-interpreter
+.PHONY: build-code-interpreter kernels test-code-interpreter test-code-interpreter-e2e
 build-code-interpreter:
 	$(CARGO) build --locked -p code-interpreter
 
@@ -22,5 +23,11 @@ $(KERNELS_STAMP):
 # make run offers code-interpreter-v1 with these.
 run-local: kernels build-code-interpreter
 
-test-code-interpreter: kernels
+# tests/code-interpreter: the real e2b-code-interpreter SDK (2.11.5) against code-interpreter-v1
+# sandboxes of a private stack (run-local.sh, as make run starts it).
+test-code-interpreter-e2e: venv kernels build-local-stack build-code-interpreter
+	$(VENV)/bin/python -m pytest -q tests/code-interpreter
+
+test-code-interpreter:
 	$(CARGO) test --locked -p code-interpreter
+	$(MAKE) test-code-interpreter-e2e
