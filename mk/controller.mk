@@ -4,7 +4,7 @@ export SANDBOX_CONTROLLER_BIN := $(CARGO_TARGET_DIR)/debug/sandbox-controller
 CONTROLLER_CHART := charts/kruise-agents-sandbox-controller
 PREPARE_TARGETS += build-controller
 EXTRA_TEST_TARGETS += chart-check
-HELP_LINES += "make test-controller  sandbox-api + sandbox-controller unit tests and apiserver integration tests"
+HELP_LINES += "make test-controller  sandbox-core + sandbox-api + sandbox-controller unit tests and apiserver integration tests"
 HELP_LINES += "make chart-check      helm lint + helm template of the controller chart"
 HELP_LINES += "make crdgen           regenerate the CRD YAML in the controller chart from the Rust types"
 HELP_LINES += "make bench-controller pool refill (0 to 500 Ready) and 500-claim throughput, printed as a table (see docs/benchmarks.md)"
@@ -17,7 +17,7 @@ crdgen:
 	$(CARGO) run --locked -q -p sandbox-api --bin crdgen
 
 test-controller: kube-bins build-controller build-runtime
-	$(CARGO) test --locked -p sandbox-api -p sandbox-controller -p controller-tests
+	$(CARGO) test --locked -p sandbox-core -p sandbox-api -p sandbox-controller -p controller-tests
 
 chart-check: kube-bins
 	$(HELM_BIN) lint --strict $(CONTROLLER_CHART)

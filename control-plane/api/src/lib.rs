@@ -1,7 +1,9 @@
 //! `agents.kruise.io/v1alpha1` API: CRD types, label/annotation/finalizer keys, the sandbox state
-//! projection shared by the controller, the manager and the xDS server, and Go duration parsing.
+//! projection shared by the controller, the manager and the xDS server, the claim engine's view
+//! of a Sandbox (`claim`), and Go duration parsing.
 //! CRD YAML is generated from these types (`cargo run -p sandbox-api --bin crdgen`).
 
+pub mod claim;
 pub mod duration;
 pub mod keys;
 pub mod schema;

@@ -1,6 +1,8 @@
-//! The claim engine over plain data: which pool sandboxes a claim may take (and in what order),
-//! the merge patch that takes one (optimistic concurrency through `metadata.resourceVersion`, so
-//! two claimers can never both win), and the claim's phase arithmetic.
+//! SandboxClaim logic over plain data, the Kubernetes side of claiming: the merge patch that
+//! takes a sandbox for a claim (optimistic concurrency through `metadata.resourceVersion`, so two
+//! claimers can never both win), the claimed template, and the claim's phase arithmetic. Picking,
+//! the take loop, `/init`, reserve-or-delete and readiness are the claim engine's
+//! (`sandbox-core`), shared with the manager.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,92 +13,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use sandbox_api::duration::parse_go_duration;
 use sandbox_api::keys::*;
-use sandbox_api::state::{SandboxState, sandbox_state};
-use sandbox_api::types::{SandboxPhase, claim_phase, condition};
+use sandbox_api::types::claim_phase;
 use sandbox_api::{Sandbox, SandboxClaim, SandboxClaimStatus};
+use sandbox_core::ClaimIdentity;
 use serde_json::{Value, json};
 
 use crate::conditions;
 
 fn annotations(s: &Sandbox) -> Option<&BTreeMap<String, String>> {
     s.metadata.annotations.as_ref()
-}
-
-/// Pool sandboxes a claimer may try, best first: Available, unlocked, with a pod IP; those at the
-/// set's current revision before older ones; each group rotated to start at `start` so
-/// concurrent claimers spread out instead of all fighting over the first sandbox.
-pub fn pick_candidates(
-    pool: &[Sandbox],
-    update_revision: Option<&str>,
-    now: Timestamp,
-    start: usize,
-) -> Vec<String> {
-    let mut fresh = Vec::new();
-    let mut old = Vec::new();
-    for s in pool {
-        if sandbox_state(s, now) != SandboxState::Available {
-            continue;
-        }
-        if annotations(s).is_some_and(|a| a.contains_key(ANNOTATION_LOCK)) {
-            continue;
-        }
-        if s.metadata.creation_timestamp.is_none() {
-            continue;
-        }
-        let ip = s
-            .status
-            .as_ref()
-            .and_then(|st| st.pod_info.as_ref())
-            .and_then(|p| p.pod_ip.as_deref());
-        if ip.is_none_or(str::is_empty) {
-            continue;
-        }
-        let name = s.metadata.name.clone().unwrap_or_default();
-        let hash = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_TEMPLATE_HASH))
-            .map(String::as_str);
-        if update_revision.is_none() || hash == update_revision {
-            fresh.push(name);
-        } else {
-            old.push(name);
-        }
-    }
-    fresh.sort();
-    old.sort();
-    let rotate = |mut v: Vec<String>| {
-        if !v.is_empty() {
-            let k = start % v.len();
-            v.rotate_left(k);
-        }
-        v
-    };
-    let mut out = rotate(fresh);
-    out.extend(rotate(old));
-    out
-}
-
-/// The `/init` request stored on a claimed sandbox and replayed by the controller.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct InitRuntimeRequest {
-    #[serde(default)]
-    pub env_vars: BTreeMap<String, String>,
-    pub access_token: String,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub skip_refresh: bool,
-}
-
-/// Everything one claim attempt writes besides the lock itself.
-#[derive(Debug, Clone)]
-pub struct ClaimIdentity<'a> {
-    pub claim: &'a SandboxClaim,
-    pub lock: &'a str,
-    pub now: Timestamp,
-    /// `Some` when the runtime must be initialised (with the generated access token).
-    pub init: Option<InitRuntimeRequest>,
 }
 
 fn strip_internal(m: &BTreeMap<String, String>) -> BTreeMap<String, String> {
@@ -160,9 +85,10 @@ pub fn claimed_template(template: &PodTemplateSpec, claim: &SandboxClaim) -> Pod
     t
 }
 
-/// JSON merge patch that claims `sbx` for the claim, guarded by the sandbox's resourceVersion.
-pub fn claim_patch(sbx: &Sandbox, id: &ClaimIdentity<'_>) -> Value {
-    let claim = id.claim;
+/// JSON merge patch that claims `sbx` for `claim` with one engine attempt's lock and `/init`
+/// request, guarded by the sandbox's resourceVersion.
+pub fn claim_patch(sbx: &Sandbox, claim: &SandboxClaim, id: &ClaimIdentity) -> Value {
+    let claimed_at = Timestamp::try_from(id.claimed_at).unwrap_or_else(|_| Timestamp::now());
     let uid = claim.metadata.uid.clone().unwrap_or_default();
     let mut labels = serde_json::Map::new();
     labels.insert(LABEL_SANDBOX_CLAIMED.into(), json!("true"));
@@ -178,7 +104,7 @@ pub fn claim_patch(sbx: &Sandbox, id: &ClaimIdentity<'_>) -> Value {
     ann.insert(ANNOTATION_OWNER.into(), json!(uid));
     ann.insert(
         ANNOTATION_CLAIM_TIMESTAMP.into(),
-        json!(id.now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        json!(claimed_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
     );
     for (k, v) in &claim.spec.annotations {
         ann.insert(k.clone(), json!(v));
@@ -186,7 +112,7 @@ pub fn claim_patch(sbx: &Sandbox, id: &ClaimIdentity<'_>) -> Value {
     if let Some(init) = &id.init {
         ann.insert(
             ANNOTATION_INIT_RUNTIME_REQUEST.into(),
-            json!(serde_json::to_string(init).expect("json")),
+            json!(init.to_json()),
         );
         ann.insert(
             ANNOTATION_RUNTIME_ACCESS_TOKEN.into(),
@@ -231,8 +157,8 @@ pub fn claim_patch(sbx: &Sandbox, id: &ClaimIdentity<'_>) -> Value {
 }
 
 /// Applies the same changes to a sandbox about to be created for the claim (no stock).
-pub fn claim_new_sandbox(mut sbx: Sandbox, id: &ClaimIdentity<'_>) -> Sandbox {
-    let patch = claim_patch(&sbx, id);
+pub fn claim_new_sandbox(mut sbx: Sandbox, claim: &SandboxClaim, id: &ClaimIdentity) -> Sandbox {
+    let patch = claim_patch(&sbx, claim, id);
     sbx.metadata.owner_references = None;
     let md = &patch["metadata"];
     let labels = sbx.metadata.labels.get_or_insert_with(Default::default);
@@ -247,12 +173,12 @@ pub fn claim_new_sandbox(mut sbx: Sandbox, id: &ClaimIdentity<'_>) -> Sandbox {
         ann.insert(k.clone(), v.as_str().unwrap_or_default().into());
     }
     ann.insert(ANNOTATION_SANDBOX_PRIORITY.into(), "100".into());
-    if let Some(t) = &id.claim.spec.shutdown_time {
+    if let Some(t) = &claim.spec.shutdown_time {
         sbx.spec.shutdown_time = Some(t.clone());
         sbx.spec.pause_time = None;
     }
     if let Some(t) = &sbx.spec.template {
-        sbx.spec.template = Some(claimed_template(t, id.claim));
+        sbx.spec.template = Some(claimed_template(t, claim));
     }
     sbx
 }
@@ -361,46 +287,11 @@ pub fn claim_progress(
 
 /// How long a claim waits for a sandbox it created (`waitReadyTimeout`, default 30 s).
 pub fn wait_ready_timeout(claim: &SandboxClaim) -> Duration {
-    const DEFAULT: Duration = Duration::from_secs(30);
+    const DEFAULT: Duration = sandbox_core::DEFAULT_WAIT_READY_TIMEOUT;
     match parse_or(claim.spec.wait_ready_timeout.as_deref(), DEFAULT) {
         (true, _) => DEFAULT,
         (false, d) => d,
     }
-}
-
-/// Where a sandbox the claim created stands: `Ok(true)` observed at its generation, Running and
-/// Ready with a pod IP; `Ok(false)` not yet; `Err` it will not get there (deleted, terminal phase,
-/// or `Ready=False/StartContainerFailed`).
-pub fn created_sandbox_ready(s: &Sandbox) -> Result<bool, String> {
-    if s.metadata.deletion_timestamp.is_some() {
-        return Err("sandbox is being deleted".into());
-    }
-    let Some(st) = s.status.as_ref() else {
-        return Ok(false);
-    };
-    let phase = st.known_phase();
-    if let Some(p) = phase.filter(|p| p.is_terminal()) {
-        return Err(format!("sandbox ended {p}"));
-    }
-    if let Some(c) = st.conditions.iter().find(|c| {
-        c.type_ == condition::READY
-            && c.status == "False"
-            && c.reason.as_deref() == Some(condition::REASON_START_CONTAINER_FAILED)
-    }) {
-        return Err(format!(
-            "a container cannot start: {}",
-            c.message.as_deref().unwrap_or_default()
-        ));
-    }
-    let has_ip = st
-        .pod_info
-        .as_ref()
-        .and_then(|p| p.pod_ip.as_deref())
-        .is_some_and(|ip| !ip.is_empty());
-    Ok(st.observed_generation == s.metadata.generation
-        && phase == Some(SandboxPhase::Running)
-        && conditions::is_true(&st.conditions, condition::READY)
-        && has_ip)
 }
 
 /// Completed status for a claim whose SandboxSet does not exist.
@@ -427,6 +318,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use k8s_openapi::jiff::ToSpan;
     use sandbox_api::{Condition, SandboxClaimSpec, SandboxStatus};
+    use sandbox_core::InitRuntimeRequest;
 
     fn pool_sbx(name: &str, hash: &str, ready: bool, locked: bool) -> Sandbox {
         let mut s = Sandbox::new(name, Default::default());
@@ -461,42 +353,6 @@ mod tests {
     }
 
     #[test]
-    fn created_sandbox_readiness_verdicts() {
-        let mut s = pool_sbx("n", "h", true, false);
-        s.metadata.generation = Some(2);
-        s.status.as_mut().unwrap().observed_generation = Some(2);
-        assert_eq!(created_sandbox_ready(&s), Ok(true));
-        // Not yet: an older generation observed, not Ready, no IP, still Pending.
-        let mut stale = s.clone();
-        stale.status.as_mut().unwrap().observed_generation = Some(1);
-        assert_eq!(created_sandbox_ready(&stale), Ok(false));
-        let mut unready = pool_sbx("n", "h", false, false);
-        unready.status.as_mut().unwrap().observed_generation = None;
-        assert_eq!(created_sandbox_ready(&unready), Ok(false));
-        let mut no_ip = s.clone();
-        no_ip.status.as_mut().unwrap().pod_info = None;
-        assert_eq!(created_sandbox_ready(&no_ip), Ok(false));
-        let mut pending = s.clone();
-        pending.status.as_mut().unwrap().phase = Some("Pending".into());
-        assert_eq!(created_sandbox_ready(&pending), Ok(false));
-        // Never: terminal, deleting, or a container that cannot start.
-        let mut failed = s.clone();
-        failed.status.as_mut().unwrap().phase = Some("Failed".into());
-        assert!(created_sandbox_ready(&failed).is_err());
-        let mut deleting = s.clone();
-        deleting.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
-        assert!(created_sandbox_ready(&deleting).is_err());
-        let mut crashing = unready.clone();
-        let c = &mut crashing.status.as_mut().unwrap().conditions[0];
-        c.reason = Some("StartContainerFailed".into());
-        c.message = Some("back-off".into());
-        assert_eq!(
-            created_sandbox_ready(&crashing),
-            Err("a container cannot start: back-off".into())
-        );
-    }
-
-    #[test]
     fn wait_ready_timeout_defaults_to_30s() {
         let mut c = claim(1);
         assert_eq!(wait_ready_timeout(&c), Duration::from_secs(30));
@@ -522,36 +378,21 @@ mod tests {
     }
 
     #[test]
-    fn candidates_skip_locked_and_unready_and_prefer_current_revision() {
-        let pool = vec![
-            pool_sbx("a", "old", true, false),
-            pool_sbx("b", "new", true, false),
-            pool_sbx("c", "new", true, true),
-            pool_sbx("d", "new", false, false),
-            pool_sbx("e", "new", true, false),
-        ];
-        let now = Timestamp::now();
-        assert_eq!(pick_candidates(&pool, Some("new"), now, 0), ["b", "e", "a"]);
-        assert_eq!(pick_candidates(&pool, Some("new"), now, 1), ["e", "b", "a"]);
-    }
-
-    #[test]
     fn claim_patch_locks_with_resource_version_and_drops_owner() {
         let mut c = claim(1);
         c.spec.labels = [("team".to_string(), "a".to_string())].into();
         c.spec.shutdown_time = Some(Time(Timestamp::now() + 1.hour()));
         let s = pool_sbx("a", "new", true, false);
         let id = ClaimIdentity {
-            claim: &c,
-            lock: "L",
-            now: Timestamp::now(),
+            lock: "L".into(),
+            claimed_at: std::time::SystemTime::now(),
             init: Some(InitRuntimeRequest {
                 env_vars: Default::default(),
                 access_token: "tok".into(),
                 skip_refresh: false,
             }),
         };
-        let p = claim_patch(&s, &id);
+        let p = claim_patch(&s, &c, &id);
         assert_eq!(p["metadata"]["resourceVersion"], "7");
         assert!(p["metadata"]["ownerReferences"].is_null());
         assert_eq!(p["metadata"]["labels"][LABEL_SANDBOX_CLAIMED], "true");

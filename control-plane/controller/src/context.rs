@@ -1,22 +1,17 @@
 //! Shared state handed to every reconcile: the client, settings, metrics, the event recorder,
-//! the HTTP client for agent-runtime `/init`, and the in-process pick set that keeps concurrent
-//! claim workers of this process off the same sandbox (the resourceVersion check is what makes
-//! claims safe across processes; this only avoids needless conflicts).
+//! the agent-runtime `/init` client, and the claim engine (`sandbox-core`) whose pick lock keeps
+//! concurrent claim workers of this process off the same sandbox.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper_util::client::legacy::Client as HttpClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use sandbox_api::Sandbox;
+use sandbox_core::{ClaimEngine, EngineConfig, HttpRuntimeInit};
 
 use crate::metrics::Metrics;
 
@@ -27,6 +22,8 @@ pub struct Settings {
     pub sandboxset_initial_batch: usize,
     pub claim_initial_batch: usize,
     pub claim_max_batch: usize,
+    /// Claim picks and takes running at once in this process.
+    pub claim_workers: usize,
     /// `/init` timeout per attempt.
     pub init_timeout: Duration,
 }
@@ -38,6 +35,7 @@ impl Default for Settings {
             sandboxset_initial_batch: 16,
             claim_initial_batch: 5,
             claim_max_batch: 50,
+            claim_workers: 500,
             init_timeout: Duration::from_secs(1),
         }
     }
@@ -48,8 +46,10 @@ pub struct Context {
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     recorder: Recorder,
-    pub http: HttpClient<HttpConnector, Full<Bytes>>,
-    picks: Mutex<HashSet<String>>,
+    /// The agent-runtime `/init` client (claims, and the replay after a resume or upgrade).
+    pub runtime: Arc<HttpRuntimeInit>,
+    /// The claim engine; its create limiter is off, as upstream's controller has none.
+    pub claims: ClaimEngine,
     /// The Sandbox controller's cache, used by claims to find candidates without listing the
     /// pool from the apiserver on every reconcile (a stale candidate just loses its
     /// resourceVersion check).
@@ -67,15 +67,21 @@ impl Context {
                 .ok()
                 .or_else(|| std::env::var("HOSTNAME").ok()),
         };
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        let runtime = Arc::new(HttpRuntimeInit::new(settings.init_timeout));
+        let claims = ClaimEngine::new(
+            EngineConfig {
+                workers: settings.claim_workers,
+                create_limit: None,
+            },
+            runtime.clone(),
+        );
         Arc::new(Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             settings,
             metrics,
-            http: HttpClient::builder(TokioExecutor::new()).build(connector),
-            picks: Mutex::new(HashSet::new()),
+            runtime,
+            claims,
             sandbox_store: OnceLock::new(),
             written: Mutex::new(HashMap::new()),
         })
@@ -97,15 +103,6 @@ impl Context {
         if let Err(e) = self.recorder.publish(&ev, obj).await {
             tracing::debug!(error = %e, reason, "failed to publish event");
         }
-    }
-
-    /// Reserves `key` for this process's claim worker; false if another worker has it.
-    pub fn pick(&self, key: &str) -> bool {
-        self.picks.lock().expect("picks").insert(key.to_string())
-    }
-
-    pub fn unpick(&self, key: &str) {
-        self.picks.lock().expect("picks").remove(key);
     }
 
     /// Records the resourceVersion a write of ours produced.

@@ -1,8 +1,8 @@
 //! sandbox-controller: reconcilers for the `agents.kruise.io/v1alpha1` resources.
 //!
 //! Pure domain logic (no I/O, unit- and property-tested): [`pool`] (warm-pool arithmetic),
-//! [`claim`] (candidate picking, claim patches, claim phases), [`lifecycle`] (the Sandbox state
-//! machine and timers), [`revision`] (revision hashes), [`injection`] (runtime injection),
+//! [`claim`] (claim patches, claim phases; picking, takes, `/init` and reserve-or-delete are the
+//! shared claim engine's, `sandbox-core`), [`lifecycle`] (the Sandbox state machine and timers), [`revision`] (revision hashes), [`injection`] (runtime injection),
 //! [`podgen`] (pod construction), [`updateops`] + [`smp`] (update ops planning, strategic merge
 //! patch), [`admission`] (webhook rules), [`conditions`]. Kube adapters live in [`reconcile`]; process
 //! wiring (leases, HTTP endpoints, admission) in [`leader`], [`server`], [`webhook`], [`run`].

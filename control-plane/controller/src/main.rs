@@ -146,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
         sandboxset_initial_batch: args.sandboxset_initial_batch_size,
         claim_initial_batch: args.sandboxclaim_initial_batch_size,
         claim_max_batch: args.sandboxclaim_max_batch_size,
+        claim_workers: args.sandboxclaim_workers.into(),
         ..Settings::default()
     };
     let ctx = Context::new(client.clone(), settings, metrics.clone());

@@ -27,6 +27,11 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabel {
     pub namespace: String,
     pub sandboxset: String,
@@ -38,6 +43,7 @@ pub struct Metrics {
     pub reconcile_errors: Family<ErrorLabel, Counter>,
     pub reconcile_duration: Family<ControllerLabel, Histogram>,
     pub claims: Family<ResultLabel, Counter>,
+    pub claim_stages: Family<StageLabel, Histogram>,
     pub pods_created: Counter,
     pub sandboxes_created: Counter,
     pub sandboxes_deleted: Counter,
@@ -57,6 +63,9 @@ impl Default for Metrics {
                 Histogram::new(exponential_buckets(0.001, 2.0, 16))
             }),
             claims: Family::default(),
+            claim_stages: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+            }),
             pods_created: Counter::default(),
             sandboxes_created: Counter::default(),
             sandboxes_deleted: Counter::default(),
@@ -81,8 +90,13 @@ impl Default for Metrics {
         );
         r.register(
             "claims",
-            "Claim attempts by result (claimed, created, conflict, no_stock, failed)",
+            "Claim attempts by result (claimed, created, conflict, no_stock, init_failed, failed)",
             m.claims.clone(),
+        );
+        r.register(
+            "claim_stage_duration_seconds",
+            "Time claim attempts spent per stage (pick, take, wait_ready, init, route)",
+            m.claim_stages.clone(),
         );
         r.register(
             "pods_created",
@@ -146,6 +160,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Records the stages an attempt went through.
+    pub fn claim_timings(&self, t: &sandbox_core::ClaimTimings) {
+        for (stage, took) in t.stages() {
+            self.claim_stages
+                .get_or_create(&StageLabel {
+                    stage: stage.into(),
+                })
+                .observe(took.as_secs_f64());
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(
@@ -159,11 +184,17 @@ impl Metrics {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     #[test]
     fn exposes_text_format() {
         let m = super::Metrics::default();
         m.observe("sandbox", std::time::Duration::from_millis(3), Some("kube"));
         m.claim("claimed");
+        m.claim_timings(&sandbox_core::ClaimTimings {
+            take: Duration::from_millis(2),
+            ..Default::default()
+        });
         let text = m.encode();
         assert!(
             text.contains("sandbox_controller_reconcile_total{controller=\"sandbox\"} 1"),
@@ -173,5 +204,11 @@ mod tests {
             "sandbox_controller_reconcile_errors_total{controller=\"sandbox\",error=\"kube\"} 1"
         ));
         assert!(text.contains("sandbox_controller_claims_total{result=\"claimed\"} 1"));
+        assert!(
+            text.contains(
+                "sandbox_controller_claim_stage_duration_seconds_count{stage=\"take\"} 1"
+            )
+        );
+        assert!(!text.contains("stage=\"wait_ready\""), "{text}");
     }
 }

@@ -1,27 +1,33 @@
 //! SandboxClaim reconciler: claims up to 50 sandboxes per reconcile from the named SandboxSet
 //! (batches that start at 5 and double), creates sandboxes when the pool is empty and
-//! `createOnNoStock` allows it, and handles claimTimeout and ttlAfterCompleted. Each take is a
-//! resourceVersion-guarded patch, so a sandbox goes to exactly one claimer however many
-//! controllers or workers race for it. Runtime `/init` (with `envVars`) is delivered by the
-//! Sandbox reconciler once the claimed sandbox is Ready, from the request stored on it.
+//! `createOnNoStock` allows it, and handles claimTimeout and ttlAfterCompleted. The claiming is
+//! the claim engine's (`sandbox-core`, shared with the manager); this file is its Kubernetes
+//! store — a take is a resourceVersion-guarded merge patch, so a sandbox goes to exactly one
+//! claimer however many controllers or workers race for it — and the claim's status. A taken
+//! sandbox's runtime gets `/init` from the engine; the Sandbox reconciler replays the stored
+//! request after a resume or an upgrade.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use async_trait::async_trait;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use sandbox_api::keys::*;
 use sandbox_api::state::{SandboxState, sandbox_state};
 use sandbox_api::{Sandbox, SandboxClaim, SandboxClaimStatus, SandboxSet};
+use sandbox_core::{
+    Candidates, ClaimError, ClaimIdentity, ClaimOptions, ClaimReport, Origin, Pool, SandboxStore,
+    TakeError,
+};
 use serde_json::json;
 
 use crate::claim::{
-    ClaimIdentity, ClaimStep, InitRuntimeRequest, claim_new_sandbox, claim_patch, claim_progress,
-    created_sandbox_ready, owned_by_claim, pick_candidates, set_not_found, validate_claim_metadata,
-    wait_ready_timeout,
+    ClaimStep, claim_new_sandbox, claim_patch, claim_progress, owned_by_claim, set_not_found,
+    validate_claim_metadata, wait_ready_timeout,
 };
 use crate::context::Context;
 use crate::error::{Result, is_status};
@@ -29,6 +35,9 @@ use crate::pool::{do_it_slowly, new_sandbox_from_set};
 use crate::revision::{EffectiveTemplate, set_revision};
 
 pub const NAME: &str = "sandboxclaim";
+
+/// How often a sandbox the claim created is read while it is waited for.
+const READY_POLL: Duration = Duration::from_millis(200);
 
 pub async fn reconcile(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<Action> {
     super::instrumented(&ctx, NAME, reconcile_inner(claim, ctx.clone())).await
@@ -47,17 +56,15 @@ fn wants_init(set: &SandboxSet) -> bool {
             .is_some_and(|ics| ics.iter().any(|c| c.name == "runtime"))
 }
 
-fn new_token() -> String {
-    let v: u128 = rand::random();
-    let h = format!("{v:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+/// What the engine is asked for on behalf of `claim`.
+fn claim_options(claim: &SandboxClaim, set: &SandboxSet) -> ClaimOptions {
+    let init = !claim.spec.skip_init_runtime.unwrap_or(false) && wants_init(set);
+    ClaimOptions {
+        init_env: init.then(|| claim.spec.env_vars.clone()),
+        create_on_no_stock: claim.spec.create_on_no_stock.unwrap_or(true),
+        reserve_failed: claim.spec.reserve_failed_sandbox.unwrap_or(false),
+        wait_ready_timeout: wait_ready_timeout(claim),
+    }
 }
 
 async fn write_status(
@@ -94,93 +101,202 @@ async fn write_status(
     }
 }
 
-enum Outcome {
-    Claimed,
-    Created,
-    NoStock,
-    /// Taken, but it never got Ready or its runtime refused `/init`; reserved or deleted, not
-    /// counted.
-    Failed,
+/// The claim engine's store for one SandboxClaim: the Sandbox CRs of its namespace.
+struct KubeClaimStore<'a> {
+    ctx: &'a Context,
+    sandboxes: Api<Sandbox>,
+    claim: &'a SandboxClaim,
+    set: &'a SandboxSet,
+    /// The Sandbox controller's cache once synced; without it the apiserver is listed.
+    cache: Option<&'a Store<Sandbox>>,
 }
 
-/// Clears a sandbox that failed after the take, records why on the claim, and reports the
-/// attempt as failed (not counted).
-async fn fail_taken(
-    ctx: &Context,
-    sandboxes: &Api<Sandbox>,
-    claim: &SandboxClaim,
-    sbx: &Sandbox,
-    reserve: bool,
-    why: &str,
-) -> std::result::Result<Outcome, kube::Error> {
-    ctx.metrics.claim("init_failed");
-    clear_failed_sandbox(ctx, sandboxes, sbx, reserve).await?;
-    let what = if reserve { "reserved" } else { "deleted" };
-    ctx.event(
-        &claim.object_ref(&()),
-        true,
-        "ClaimSandboxFailed",
-        &format!("sandbox {}: {why}; {what}", sbx.name_any()),
-    )
-    .await;
-    Ok(Outcome::Failed)
-}
+impl KubeClaimStore<'_> {
+    /// Sandboxes of the claim's namespace carrying every `(label, value)`.
+    async fn list(&self, labels: &[(&str, &str)]) -> Result<Vec<Arc<Sandbox>>, kube::Error> {
+        let Some(cache) = self.cache else {
+            let selector: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let params = ListParams::default().labels(&selector.join(","));
+            let listed = self.sandboxes.list(&params).await?;
+            return Ok(listed.items.into_iter().map(Arc::new).collect());
+        };
+        let ns = self.claim.namespace();
+        Ok(cache
+            .state()
+            .into_iter()
+            .filter(|s| s.metadata.namespace == ns)
+            .filter(|s| {
+                labels
+                    .iter()
+                    .all(|(k, v)| s.labels().get(*k).map(String::as_str) == Some(*v))
+            })
+            .collect())
+    }
 
-/// Waits (at most `timeout`) until a sandbox the claim created is ready to be handed over; see
-/// [`created_sandbox_ready`] for what ready and failed mean.
-async fn wait_ready(
-    sandboxes: &Api<Sandbox>,
-    name: &str,
-    timeout: Duration,
-) -> std::result::Result<Sandbox, String> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match sandboxes.get_opt(name).await {
-            Ok(Some(s)) => {
-                if created_sandbox_ready(&s)? {
-                    return Ok(s);
-                }
-            }
-            Ok(None) => return Err("sandbox disappeared".into()),
-            Err(e) => tracing::debug!(sandbox = name, error = %e, "waiting for a created sandbox"),
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(format!("not ready within waitReadyTimeout ({timeout:?})"));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    fn wrote(&self, s: &Sandbox) {
+        self.ctx.wrote(
+            s.metadata.uid.as_deref(),
+            s.metadata.resource_version.as_deref(),
+        );
     }
 }
 
-/// Upstream's `clearFailedSandbox`: a sandbox that failed after it was taken is either kept for
-/// inspection (`reserveFailedSandbox`: label `reserved-failed-sandbox=true`, no longer counted by
-/// the claim) or deleted. Either way the claim takes another one.
-async fn clear_failed_sandbox(
-    ctx: &Context,
-    sandboxes: &Api<Sandbox>,
-    sbx: &Sandbox,
-    reserve: bool,
-) -> std::result::Result<(), kube::Error> {
-    let name = sbx.name_any();
-    let res = if reserve {
+#[async_trait]
+impl SandboxStore for KubeClaimStore<'_> {
+    type Sandbox = Arc<Sandbox>;
+    type Error = kube::Error;
+
+    /// The set's unclaimed sandboxes, from the watch cache when it is synced (a stale candidate
+    /// just loses its resourceVersion check).
+    async fn pool(&self) -> Result<Pool<Arc<Sandbox>>, kube::Error> {
+        let set = self.set.name_any();
+        let labels = [
+            (LABEL_SANDBOX_POOL, set.as_str()),
+            (LABEL_SANDBOX_CLAIMED, "false"),
+        ];
+        Ok(Pool {
+            sandboxes: self.list(&labels).await?,
+            update_revision: self
+                .set
+                .status
+                .as_ref()
+                .and_then(|s| s.update_revision.clone()),
+        })
+    }
+
+    async fn take(
+        &self,
+        candidate: &Arc<Sandbox>,
+        identity: &ClaimIdentity,
+    ) -> Result<Arc<Sandbox>, TakeError<kube::Error>> {
+        let patch = Patch::Merge(claim_patch(candidate, self.claim, identity));
+        let name = candidate.name_any();
+        match self
+            .sandboxes
+            .patch(&name, &PatchParams::default(), &patch)
+            .await
+        {
+            Ok(updated) => {
+                self.wrote(&updated);
+                Ok(Arc::new(updated))
+            }
+            Err(e) if is_status(&e, 409) => Err(TakeError::Conflict),
+            Err(e) if is_status(&e, 404) => Err(TakeError::Gone),
+            Err(e) => Err(TakeError::Failed(e)),
+        }
+    }
+
+    async fn create(&self, identity: &ClaimIdentity) -> Result<Arc<Sandbox>, kube::Error> {
+        let set = &self.set.spec;
+        let revision = set_revision(&EffectiveTemplate {
+            template: set.template.as_ref(),
+            template_ref: set.template_ref.as_ref(),
+            volume_claim_templates: &set.volume_claim_templates,
+            persistent_contents: &set.persistent_contents,
+            runtimes: &set.runtimes,
+            pause_strategy: set.pause_strategy.as_ref(),
+        });
+        let fresh = new_sandbox_from_set(self.set, &revision);
+        let fresh = claim_new_sandbox(fresh, self.claim, identity);
+        let created = self
+            .sandboxes
+            .create(&PostParams::default(), &fresh)
+            .await?;
+        self.ctx.metrics.sandboxes_created.inc();
+        Ok(Arc::new(created))
+    }
+
+    async fn refresh(&self, sandbox: &Arc<Sandbox>) -> Result<Option<Arc<Sandbox>>, kube::Error> {
+        tokio::time::sleep(READY_POLL).await;
+        Ok(self
+            .sandboxes
+            .get_opt(&sandbox.name_any())
+            .await?
+            .map(Arc::new))
+    }
+
+    /// Label `reserved-failed-sandbox=true`: it keeps its owner but is no longer counted.
+    async fn reserve(&self, sandbox: &Arc<Sandbox>) -> Result<(), kube::Error> {
         let patch = json!({"metadata": {"labels": {LABEL_RESERVED_FAILED_SANDBOX: "true"}}});
-        sandboxes
-            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        let res = self
+            .sandboxes
+            .patch(
+                &sandbox.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await;
+        match res {
+            Ok(updated) => {
+                self.wrote(&updated);
+                Ok(())
+            }
+            Err(e) if is_status(&e, 404) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete(&self, sandbox: &Arc<Sandbox>) -> Result<(), kube::Error> {
+        match self
+            .sandboxes
+            .delete(&sandbox.name_any(), &DeleteParams::default())
             .await
-            .map(|updated| {
-                ctx.wrote(
-                    updated.metadata.uid.as_deref(),
-                    updated.metadata.resource_version.as_deref(),
-                );
-            })
-    } else {
-        sandboxes
-            .delete(&name, &DeleteParams::default())
-            .await
-            .map(|_| ())
+        {
+            Err(e) if !is_status(&e, 404) => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The Sandbox controller's cache, once it has synced (at most 2 s are waited for that).
+async fn synced_cache<'a>(ctx: &'a Context, claim_name: &str) -> Option<&'a Store<Sandbox>> {
+    let store = ctx.sandbox_store.get()?;
+    match tokio::time::timeout(Duration::from_secs(2), store.wait_until_ready()).await {
+        Ok(Ok(())) => Some(store),
+        Ok(Err(_)) => None,
+        Err(_) => {
+            tracing::warn!(claim = %claim_name, "sandbox cache not ready after 2s; listing from the apiserver");
+            None
+        }
+    }
+}
+
+/// Counts an attempt in the metrics and on the claim's events; `Ok(true)` when it got a sandbox.
+async fn record(
+    ctx: &Context,
+    claim: &SandboxClaim,
+    report: ClaimReport<Arc<Sandbox>, kube::Error>,
+) -> Result<bool, kube::Error> {
+    for _ in 0..report.conflicts {
+        ctx.metrics.claim("conflict");
+    }
+    ctx.metrics.claim_timings(&report.timings);
+    let err = match report.outcome {
+        Ok(claimed) => {
+            ctx.metrics.claim(match claimed.origin {
+                Origin::Pool => "claimed",
+                Origin::Created => "created",
+            });
+            return Ok(true);
+        }
+        Err(e) => e,
     };
-    match res {
-        Err(e) if is_status(&e, 404) => Ok(()),
-        other => other,
+    ctx.metrics.claim(err.label());
+    match err {
+        ClaimError::Failed {
+            sandbox,
+            why,
+            cleanup,
+            ..
+        } => {
+            let what = cleanup?.as_str();
+            let note = format!("sandbox {}: {why}; {what}", sandbox.name_any());
+            ctx.event(&claim.object_ref(&()), true, "ClaimSandboxFailed", &note)
+                .await;
+            Ok(false)
+        }
+        ClaimError::Store(e) => Err(e),
+        ClaimError::NoStock | ClaimError::RateLimited => Ok(false),
     }
 }
 
@@ -200,7 +316,6 @@ async fn reconcile_inner(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<
     let sets: Api<SandboxSet> = Api::namespaced(ctx.client.clone(), &ns);
     let oref = claim.object_ref(&());
     let now = Timestamp::now();
-    let uid = claim.metadata.uid.clone().unwrap_or_default();
 
     if claim.status.as_ref().and_then(|s| s.phase.as_deref())
         != Some(sandbox_api::types::claim_phase::COMPLETED)
@@ -234,7 +349,7 @@ async fn reconcile_inner(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<
             write_status(&ctx, &claims, &claim, &st).await?;
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
-        return claim_from(&ctx, &claim, &set, &claims, &sandboxes, &uid, now).await;
+        return claim_from(&ctx, &claim, &set, &claims, &sandboxes, now).await;
     }
     let (st, step) = claim_progress(&claim, 0, now);
     write_status(&ctx, &claims, &claim, &st).await?;
@@ -268,53 +383,32 @@ async fn completed(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn claim_from(
     ctx: &Arc<Context>,
     claim: &SandboxClaim,
     set: &SandboxSet,
     claims: &Api<SandboxClaim>,
     sandboxes: &Api<Sandbox>,
-    uid: &str,
     now: Timestamp,
 ) -> Result<Action> {
     let claim_name = claim.name_any();
-    // Live sandboxes already owned by this claim (recovers a lost status write).
-    // The claim's status (fresh: see `is_stale`) is authoritative; this only recovers a status
-    // write lost in a crash, for which the cache (listed anew at start-up) is enough.
-    let ready_store = match ctx.sandbox_store.get() {
-        Some(store) => {
-            let ready =
-                tokio::time::timeout(Duration::from_secs(2), store.wait_until_ready()).await;
-            if ready.is_err() {
-                tracing::warn!(claim = %claim_name, "sandbox cache not ready after 2s; listing from the apiserver");
-            }
-            ready.ok().and_then(Result::ok).map(|_| store)
-        }
-        None => None,
+    let uid = claim.metadata.uid.clone().unwrap_or_default();
+    let store = KubeClaimStore {
+        ctx,
+        sandboxes: sandboxes.clone(),
+        claim,
+        set,
+        cache: synced_cache(ctx, &claim_name).await,
     };
-    let mine: Vec<Sandbox> = match ready_store {
-        Some(store) => {
-            let ns = claim.namespace().unwrap_or_default();
-            store
-                .state()
-                .iter()
-                .filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
-                .filter(|s| s.labels().get(LABEL_CLAIM_NAME) == Some(&claim_name))
-                .map(|s| (**s).clone())
-                .collect()
-        }
-        // Cache not synced yet: ask the apiserver (consistent, if slower).
-        None => {
-            sandboxes
-                .list(&ListParams::default().labels(&format!("{LABEL_CLAIM_NAME}={claim_name}")))
-                .await?
-                .items
-        }
-    };
+    // The claim's status (fresh: see `is_stale`) is authoritative; recounting what it owns only
+    // recovers a status write lost in a crash, for which the cache (listed anew at start-up) is
+    // enough.
+    let mine = store
+        .list(&[(LABEL_CLAIM_NAME, claim_name.as_str())])
+        .await?;
     let actual = mine
         .iter()
-        .filter(|s| owned_by_claim(s, uid))
+        .filter(|s| owned_by_claim(s, &uid))
         .filter(|s| sandbox_state(s, now) != SandboxState::Dead)
         .filter(|s| !s.labels().contains_key(LABEL_RESERVED_FAILED_SANDBOX))
         .count() as i32;
@@ -325,171 +419,33 @@ async fn claim_from(
     };
     let want = want.min(ctx.settings.claim_max_batch);
 
-    let set_name = set.name_any();
-    let selector = format!("{LABEL_SANDBOX_POOL}={set_name},{LABEL_SANDBOX_CLAIMED}=false");
-    let pool: Vec<Sandbox> = match ready_store {
-        Some(store) => {
-            let ns = claim.namespace().unwrap_or_default();
-            store
-                .state()
-                .iter()
-                .filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
-                .filter(|s| s.labels().get(LABEL_SANDBOX_POOL) == Some(&set_name))
-                .filter(|s| {
-                    s.labels().get(LABEL_SANDBOX_CLAIMED).map(String::as_str) == Some("false")
-                })
-                .map(|s| (**s).clone())
-                .collect()
-        }
-        None => {
-            sandboxes
-                .list(&ListParams::default().labels(&selector))
-                .await?
-                .items
-        }
-    };
-    let update_revision = set.status.as_ref().and_then(|s| s.update_revision.clone());
+    let pool = store.pool().await?;
     let start = rand::random::<u32>() as usize;
-    let candidates = pick_candidates(&pool, update_revision.as_deref(), now, start);
-    let next = AtomicUsize::new(0);
-    let init_wanted = !claim.spec.skip_init_runtime.unwrap_or(false) && wants_init(set);
-    let create_on_no_stock = claim.spec.create_on_no_stock.unwrap_or(true);
-    let reserve_failed = claim.spec.reserve_failed_sandbox.unwrap_or(false);
-    let wait_ready_timeout = wait_ready_timeout(claim);
-    let ns = claim.namespace().unwrap_or_default();
-
-    let attempt = |_: usize| {
-        let candidates = &candidates;
-        let next = &next;
-        let pool = &pool;
-        let ns = &ns;
+    let candidates = Candidates::new(
+        pool.sandboxes,
+        pool.update_revision.as_deref(),
+        SystemTime::now(),
+        start,
+    );
+    let opts = claim_options(claim, set);
+    let got = Mutex::new(0i32);
+    let (_, err) = do_it_slowly(want, ctx.settings.claim_initial_batch, |_| {
+        let (store, candidates, opts, got) = (&store, &candidates, &opts, &got);
         async move {
-            let lock = new_token();
-            let init = init_wanted.then(|| InitRuntimeRequest {
-                env_vars: claim.spec.env_vars.clone(),
-                access_token: new_token(),
-                skip_refresh: false,
-            });
-            let id = ClaimIdentity {
-                claim,
-                lock: &lock,
-                now: Timestamp::now(),
-                init,
-            };
-            loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(name) = candidates.get(i) else { break };
-                let key = format!("{ns}/{name}");
-                if !ctx.pick(&key) {
-                    continue;
-                }
-                let sbx = pool
-                    .iter()
-                    .find(|s| &s.name_any() == name)
-                    .expect("candidate from pool");
-                let res = sandboxes
-                    .patch(
-                        name,
-                        &PatchParams::default(),
-                        &Patch::Merge(claim_patch(sbx, &id)),
-                    )
-                    .await;
-                ctx.unpick(&key);
-                match res {
-                    Ok(updated) => {
-                        ctx.wrote(
-                            updated.metadata.uid.as_deref(),
-                            updated.metadata.resource_version.as_deref(),
-                        );
-                        // Like upstream, the runtime is initialised as part of the take, so a
-                        // sandbox whose runtime refuses is never counted. (The Sandbox
-                        // reconciler replays the same request once it sees the claim; the
-                        // runtime accepts a repeated /init.)
-                        if id.init.is_some()
-                            && let Err(e) = super::sandbox::init_runtime(ctx, &updated).await
-                        {
-                            let why = format!("runtime init failed ({e})");
-                            return fail_taken(
-                                ctx,
-                                sandboxes,
-                                claim,
-                                &updated,
-                                reserve_failed,
-                                &why,
-                            )
-                            .await;
-                        }
-                        ctx.metrics.claim("claimed");
-                        return Ok(Outcome::Claimed);
-                    }
-                    Err(e) if is_status(&e, 409) || is_status(&e, 404) => {
-                        ctx.metrics.claim("conflict");
-                        continue;
-                    }
-                    Err(e) => {
-                        ctx.metrics.claim("failed");
-                        return Err(e);
-                    }
-                }
+            let report = ctx.claims.attempt(store, candidates, opts).await;
+            if record(ctx, claim, report).await? {
+                *got.lock().expect("count") += 1;
             }
-            if !create_on_no_stock {
-                ctx.metrics.claim("no_stock");
-                return Ok(Outcome::NoStock);
-            }
-            let revision = set_revision(&EffectiveTemplate {
-                template: set.spec.template.as_ref(),
-                template_ref: set.spec.template_ref.as_ref(),
-                volume_claim_templates: &set.spec.volume_claim_templates,
-                persistent_contents: &set.spec.persistent_contents,
-                runtimes: &set.spec.runtimes,
-                pause_strategy: set.spec.pause_strategy.as_ref(),
-            });
-            let fresh = claim_new_sandbox(new_sandbox_from_set(set, &revision), &id);
-            let created = sandboxes.create(&PostParams::default(), &fresh).await?;
-            ctx.metrics.sandboxes_created.inc();
-            // Like upstream, a created sandbox is waited for inline (≤ waitReadyTimeout) and
-            // then initialised; a failure clears it like a failed pool sandbox.
-            let result = match wait_ready(sandboxes, &created.name_any(), wait_ready_timeout).await
-            {
-                Ok(ready) if id.init.is_some() => super::sandbox::init_runtime(ctx, &ready)
-                    .await
-                    .map_err(|e| format!("runtime init failed ({e})")),
-                Ok(_) => Ok(()),
-                Err(why) => Err(why),
-            };
-            if let Err(why) = result {
-                return fail_taken(ctx, sandboxes, claim, &created, reserve_failed, &why).await;
-            }
-            ctx.metrics.claim("created");
-            Ok(Outcome::Created)
-        }
-    };
-    let results = std::sync::Mutex::new(Vec::new());
-    let (_, err) = do_it_slowly(want, ctx.settings.claim_initial_batch, |i| {
-        let results = &results;
-        let fut = attempt(i);
-        async move {
-            let r = fut.await?;
-            results.lock().expect("results").push(r);
             Ok::<(), kube::Error>(())
         }
     })
     .await;
-    let results = results.into_inner().expect("results");
-    let got = results
-        .iter()
-        .filter(|r| matches!(r, Outcome::Claimed | Outcome::Created))
-        .count() as i32;
+    let got = got.into_inner().expect("count");
     st.claimed_replicas += got;
-    let oref = claim.object_ref(&());
     if got == 0 {
-        ctx.event(
-            &oref,
-            true,
-            "NoAvailableSandboxes",
-            &format!("no available sandbox in SandboxSet {set_name}"),
-        )
-        .await;
+        let note = format!("no available sandbox in SandboxSet {}", set.name_any());
+        ctx.event(&claim.object_ref(&()), true, "NoAvailableSandboxes", &note)
+            .await;
     }
     write_status(ctx, claims, claim, &st).await?;
     if let Some(e) = err {

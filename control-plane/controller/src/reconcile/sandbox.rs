@@ -3,8 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, PodTemplateSpec};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -13,6 +11,7 @@ use kube::{Resource, ResourceExt};
 use sandbox_api::keys::*;
 use sandbox_api::types::condition as cond;
 use sandbox_api::{Sandbox, SandboxPhase, SandboxTemplate};
+use sandbox_core::ClaimableSandbox;
 use serde_json::json;
 
 use crate::conditions;
@@ -85,62 +84,25 @@ async fn injection_data(
     }
 }
 
-/// POSTs the stored `/init` request to the sandbox's runtime. 401 counts as already initialised.
-pub(crate) async fn init_runtime(ctx: &Context, sbx: &Sandbox) -> Result<()> {
+/// POSTs the stored `/init` request to the sandbox's runtime (the claim engine's client and
+/// retries). 401 counts as already initialised.
+async fn init_runtime(ctx: &Context, sbx: &Sandbox) -> Result<()> {
     let ann = sbx.annotations();
     let body = ann
         .get(ANNOTATION_INIT_RUNTIME_REQUEST)
         .cloned()
         .unwrap_or_else(|| "{}".into());
-    let base = ann
-        .get(ANNOTATION_RUNTIME_URL)
-        .or_else(|| ann.get(ANNOTATION_ENVD_URL))
-        .cloned()
-        .or_else(|| {
-            let ip = sbx.status.as_ref()?.pod_info.as_ref()?.pod_ip.clone()?;
-            Some(if ip.contains(':') {
-                format!("http://[{ip}]:{RUNTIME_PORT}")
-            } else {
-                format!("http://{ip}:{RUNTIME_PORT}")
-            })
-        })
+    let base = sbx
+        .runtime_url()
         .ok_or_else(|| Error::RuntimeInit("sandbox has no pod IP".into()))?;
     let token = ann
         .get(ANNOTATION_RUNTIME_ACCESS_TOKEN)
-        .cloned()
+        .map(String::as_str)
         .unwrap_or_default();
-    let mut last = String::new();
-    for attempt in 0..5 {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-        }
-        let req = http::Request::post(format!("{}/init", base.trim_end_matches('/')))
-            .header("content-type", "application/json")
-            .header("X-Access-Token", token.clone())
-            .body(Full::new(Bytes::from(body.clone())))
-            .map_err(|e| Error::RuntimeInit(e.to_string()))?;
-        match tokio::time::timeout(ctx.settings.init_timeout, ctx.http.request(req)).await {
-            Ok(Ok(resp)) => {
-                let status = resp.status();
-                if status.is_success() || status == http::StatusCode::UNAUTHORIZED {
-                    return Ok(());
-                }
-                let text = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes())
-                    .unwrap_or_default();
-                last = format!("{status}: {}", String::from_utf8_lossy(&text));
-                if status.is_client_error() {
-                    break;
-                }
-            }
-            Ok(Err(e)) => last = e.to_string(),
-            Err(_) => last = "timed out".into(),
-        }
-    }
-    Err(Error::RuntimeInit(format!("POST {base}/init: {last}")))
+    ctx.runtime
+        .post_init(&base, token, body.into())
+        .await
+        .map_err(|e| Error::RuntimeInit(e.to_string()))
 }
 
 /// Brings the pod's metadata and images to the current template (in-place update).
