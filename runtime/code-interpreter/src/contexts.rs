@@ -353,10 +353,7 @@ impl Context {
         }
         let mut outcome = Ok(());
         if let Some(syntax) = self.env_syntax {
-            let fresh = !slot
-                .globals
-                .as_ref()
-                .is_some_and(|g| Arc::ptr_eq(g, &sandbox_envs));
+            let fresh = slot.globals.as_deref() != Some(&*sandbox_envs);
             if fresh {
                 if let Some(code) = syntax.set_code(&sandbox_envs) {
                     outcome = self.silent(&kernel, &code).await;
