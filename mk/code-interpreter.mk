@@ -11,8 +11,9 @@ PREPARE_TARGETS += build-code-interpreter kernels
 EXTRA_TEST_TARGETS += test-code-interpreter-e2e
 HELP_LINES += "make kernels          the code interpreter's kernels (ipykernel, bash_kernel, pandas, matplotlib, e2b-charts) in the cache"
 HELP_LINES += "make test-code-interpreter  its unit tests + the e2b-code-interpreter SDK suite through the stack"
+HELP_LINES += "make bench-code-interpreter run_code round trip and create-to-first-result, against a bare kernel"
 
-.PHONY: build-code-interpreter kernels test-code-interpreter test-code-interpreter-e2e
+.PHONY: build-code-interpreter kernels test-code-interpreter test-code-interpreter-e2e bench-code-interpreter
 build-code-interpreter:
 	$(CARGO) build --locked -p code-interpreter
 
@@ -28,6 +29,17 @@ run-local: kernels build-code-interpreter
 test-code-interpreter-e2e: venv kernels build-local-stack build-code-interpreter
 	$(VENV)/bin/python -m pytest -q tests/code-interpreter
 
-test-code-interpreter:
+test-code-interpreter: kernels
 	$(CARGO) test --locked -p code-interpreter
 	$(MAKE) test-code-interpreter-e2e
+
+# Release binaries, the stack as make run starts it, the real SDK (benches/code-interpreter;
+# results in docs/benchmarks.md). BENCH_CODE_INTERPRETER_ARGS="--rounds 500" for more samples.
+BENCH_CODE_INTERPRETER_ARGS ?=
+bench-code-interpreter: venv kernels
+	$(CARGO) build --locked --release -p sandbox-manager -p agent-runtime -p sandbox-gateway-filter -p code-interpreter
+	SANDBOX_MANAGER_BIN=$(CARGO_TARGET_DIR)/release/sandbox-manager \
+	AGENT_RUNTIME_BIN=$(CARGO_TARGET_DIR)/release/agent-runtime \
+	SANDBOX_GATEWAY_MODULE=$(CARGO_TARGET_DIR)/release/libsandbox_gateway.so \
+	CODE_INTERPRETER_BIN=$(CARGO_TARGET_DIR)/release/code-interpreter \
+		$(VENV)/bin/python benches/code-interpreter/bench.py $(BENCH_CODE_INTERPRETER_ARGS)
