@@ -230,7 +230,8 @@ impl Kernel {
         write_private(&conn_file, &serde_json::to_vec(&info).unwrap_or_default())
             .map_err(|e| fail(format!("{}: {e}", conn_file.display())))?;
 
-        let mut cmd = kernel_command(spec, cwd, &conn_file, config);
+        let mut cmd = kernel_command(spec, cwd, &conn_file, config)
+            .ok_or_else(|| fail("the kernelspec has an empty argv".into()))?;
         let mut child = cmd.spawn().map_err(|e| fail(e.to_string()))?;
         resources.pgid = child.id().and_then(|p| Pid::from_raw(p as i32));
         tracing::debug!(kernel = %spec.name, serial, pid = ?child.id(), cwd = %cwd.display(), "kernel process started");
@@ -406,10 +407,11 @@ fn kernel_command(
     cwd: &Path,
     conn_file: &Path,
     config: &LaunchConfig,
-) -> tokio::process::Command {
+) -> Option<tokio::process::Command> {
     let argv = spec.command_line(&config.venv, conn_file);
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
+    let (program, args) = argv.split_first()?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args);
     if spec.is_ipykernel() {
         cmd.arg(format!(
             "--IPKernelApp.exec_files={}",
@@ -440,7 +442,7 @@ fn kernel_command(
     if std::env::var_os("MPLCONFIGDIR").is_none() && mpl.is_dir() {
         cmd.env("MPLCONFIGDIR", mpl);
     }
-    cmd
+    Some(cmd)
 }
 
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
