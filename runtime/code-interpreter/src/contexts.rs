@@ -19,6 +19,11 @@ use crate::kernel::{Kernel, KernelError, KernelEvent, LaunchConfig};
 use crate::kernelspec::{KernelSpec, KernelSpecs};
 use crate::protocol::{CellTracker, ContextInfo, EnvSyntax, ExecuteRequest, OutputLine, Target};
 
+/// How often an interrupt is repeated while the interrupted cell runs on.
+const INTERRUPT_REPEAT: Duration = Duration::from_millis(500);
+/// The earliest interrupt after the kernel took the cell (so the SIGINT meets the cell's code).
+const INTERRUPT_AFTER_START: Duration = Duration::from_millis(100);
+
 /// Settings of the contexts.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -410,16 +415,29 @@ impl Context {
         let mut pending = kernel.execute(code, false).await.map_err(died)?;
         let mut tracker = CellTracker::new();
         let mut deadline: Option<Instant> = None;
+        // When to interrupt (again). A SIGINT that reaches ipykernel outside the cell's code is
+        // caught by its message loop (and can take the request with it), so interrupts start
+        // only once the kernel took the cell, a moment later, and are repeated until it ends;
+        // a cell still running at the deadline loses its kernel.
+        let mut next_interrupt: Option<Instant> = None;
+        let mut started_at: Option<Instant> = None;
         loop {
+            if started_at.is_none() && tracker.started() {
+                started_at = Some(Instant::now());
+            }
             if out.gone && deadline.is_none() {
                 // The client is gone (timeout, cancel): stop the cell, keep the context.
                 tracing::info!(context = %self.id, "client gone; interrupting the cell");
-                if let Err(e) = kernel.interrupt().await {
-                    tracing::warn!(context = %self.id, error = %e, "cannot interrupt");
-                }
                 deadline = Some(Instant::now() + self.settings.interrupt_timeout);
             }
+            if deadline.is_some()
+                && next_interrupt.is_none()
+                && let Some(started) = started_at
+            {
+                next_interrupt = Some(started + INTERRUPT_AFTER_START);
+            }
             tokio::select! {
+                biased;
                 event = pending.next() => match event {
                     KernelEvent::Died(why) => return Err(why),
                     KernelEvent::Message(msg) => {
@@ -439,6 +457,12 @@ impl Context {
                         "killed: the cell did not stop within {} s of an interrupt",
                         self.settings.interrupt_timeout.as_secs_f64()
                     ));
+                }
+                _ = sleep_until(next_interrupt), if next_interrupt.is_some() && tracker.interruptible() => {
+                    if let Err(e) = kernel.interrupt().await {
+                        tracing::warn!(context = %self.id, error = %e, "cannot interrupt");
+                    }
+                    next_interrupt = Some(Instant::now() + INTERRUPT_REPEAT);
                 }
             }
         }

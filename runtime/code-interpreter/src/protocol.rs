@@ -433,6 +433,7 @@ impl Incoming {
 /// for the client, and when the cell is over (both the `idle` status and the reply seen).
 #[derive(Debug, Default)]
 pub struct CellTracker {
+    started: bool,
     idle: bool,
     replied: bool,
     errored: bool,
@@ -448,6 +449,18 @@ impl CellTracker {
         self.idle && self.replied
     }
 
+    /// True once the kernel took the cell (`execute_input`): an interrupt before that would
+    /// hit the kernel's own message loop, not the cell.
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Whether an interrupt would still meet the cell's code: it started and has not failed
+    /// or finished (a later SIGINT would hit the kernel's own loop, or the next cell).
+    pub fn interruptible(&self) -> bool {
+        self.started && !self.errored && !self.idle && !self.replied
+    }
+
     /// Whether an error was reported for this cell.
     pub fn errored(&self) -> bool {
         self.errored
@@ -457,11 +470,14 @@ impl CellTracker {
     pub fn on_message(&mut self, msg: &Incoming) -> Option<OutputLine> {
         let c = &msg.content;
         match msg.msg_type.as_str() {
-            "execute_input" => c.get("execution_count").and_then(Value::as_u64).map(|n| {
-                OutputLine::NumberOfExecutions {
-                    execution_count: n as usize,
-                }
-            }),
+            "execute_input" => {
+                self.started = true;
+                c.get("execution_count").and_then(Value::as_u64).map(|n| {
+                    OutputLine::NumberOfExecutions {
+                        execution_count: n as usize,
+                    }
+                })
+            }
             "stream" => {
                 let text = as_text(c.get("text")?)?;
                 let timestamp = timestamp(&msg.date);
@@ -771,6 +787,7 @@ mod tests {
     #[test]
     fn a_cell_maps_to_the_sdk_lines_and_ends_after_idle_and_reply() {
         let mut t = CellTracker::new();
+        assert!(!t.started());
         assert_eq!(
             t.on_message(&msg("status", json!({"execution_state": "busy"}))),
             None
@@ -785,6 +802,7 @@ mod tests {
             ),
             json!({"type": "number_of_executions", "execution_count": 7})
         );
+        assert!(t.started() && t.interruptible());
         let v = line(
             &t.on_message(&msg("stream", json!({"name": "stdout", "text": "1\n"})))
                 .unwrap(),
@@ -829,6 +847,7 @@ mod tests {
             )),
             None
         );
+        assert!(!t.interruptible());
         assert!(t.is_done());
         assert!(!t.errored());
     }
