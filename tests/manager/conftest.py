@@ -61,7 +61,10 @@ class Stack:
 
     @classmethod
     def start(cls, run_dir: Path, pool_size: int = 2, **extra_env) -> "Stack":
-        s = cls(run_dir=Path(run_dir), extra_env={"POOL_SIZE": str(pool_size), **extra_env})
+        # No warm code-interpreter sandbox unless a test asks for one (kernels cost CPU and
+        # memory; tests/code-interpreter sets its own pool).
+        defaults = {"POOL_SIZE": str(pool_size), "CODE_INTERPRETER_POOL_SIZE": "0"}
+        s = cls(run_dir=Path(run_dir), extra_env={**defaults, **extra_env})
         s.ports = {k: free_port() for k in ("API_PORT", "GATEWAY_PORT", "XDS_PORT", "XDS_HTTP_PORT", "ENVOY_ADMIN_PORT")}
         s.launch()
         return s
