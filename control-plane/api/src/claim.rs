@@ -3,10 +3,12 @@
 //! pick facts from the state projection and the lock annotation, readiness facts from the
 //! status, and where its runtime listens.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use k8s_openapi::jiff::Timestamp;
-use sandbox_core::{ClaimableSandbox, PickFacts, ReadinessFacts};
+use sandbox_core::{ClaimIdentity, ClaimableSandbox, PickFacts, ReadinessFacts};
+use serde_json::{Value, json};
 
 use crate::keys::*;
 use crate::state::{SandboxState, is_ready, sandbox_state};
@@ -98,6 +100,181 @@ impl ClaimableSandbox for Sandbox {
         } else {
             format!("http://{ip}:{RUNTIME_PORT}")
         })
+    }
+}
+
+/// What a take writes on a Sandbox, for every claimer (the controller's SandboxClaim reconciler,
+/// the manager's Kubernetes backend): label `sandbox-claimed=true`; annotations `lock`, `owner`,
+/// `claim-timestamp` and, when the runtime is to be initialised, `init-runtime-request` and
+/// `runtime-access-token`; no owner references (so the SandboxSet replenishes); then the
+/// claimer's own labels, annotations and spec fields. One write guarded by the resourceVersion
+/// the candidate was read at ([`Take::patch`]), or the same marks on a sandbox created for the
+/// claim ([`Take::apply_to_new`]).
+#[derive(Debug, Clone)]
+pub struct Take<'a> {
+    pub identity: &'a ClaimIdentity,
+    /// Annotation `agents.kruise.io/owner`: the claim's UID, or the manager's API key id.
+    pub owner: &'a str,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// Spec fields, merged into `spec` (`null` removes one).
+    pub spec: serde_json::Map<String, Value>,
+}
+
+impl<'a> Take<'a> {
+    pub fn new(identity: &'a ClaimIdentity, owner: &'a str) -> Self {
+        Take {
+            identity,
+            owner,
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            spec: serde_json::Map::new(),
+        }
+    }
+
+    fn metadata(&self) -> serde_json::Map<String, Value> {
+        let id = self.identity;
+        let claimed_at = Timestamp::try_from(id.claimed_at).unwrap_or_else(|_| Timestamp::now());
+        let mut labels = serde_json::Map::new();
+        labels.insert(LABEL_SANDBOX_CLAIMED.into(), json!("true"));
+        for (k, v) in &self.labels {
+            labels.insert(k.clone(), json!(v));
+        }
+        let mut ann = serde_json::Map::new();
+        ann.insert(ANNOTATION_LOCK.into(), json!(id.lock));
+        ann.insert(ANNOTATION_OWNER.into(), json!(self.owner));
+        ann.insert(
+            ANNOTATION_CLAIM_TIMESTAMP.into(),
+            // RFC 3339 in UTC with milliseconds (upstream writes seconds; both parse alike),
+            // so that sandboxes claimed within one second keep their order.
+            json!(claimed_at.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()),
+        );
+        if let Some(init) = &id.init {
+            ann.insert(
+                ANNOTATION_INIT_RUNTIME_REQUEST.into(),
+                json!(init.to_json()),
+            );
+            ann.insert(
+                ANNOTATION_RUNTIME_ACCESS_TOKEN.into(),
+                json!(init.access_token),
+            );
+        }
+        for (k, v) in &self.annotations {
+            ann.insert(k.clone(), json!(v));
+        }
+        let mut md = serde_json::Map::new();
+        md.insert("ownerReferences".into(), Value::Null);
+        md.insert("labels".into(), Value::Object(labels));
+        md.insert("annotations".into(), Value::Object(ann));
+        md
+    }
+
+    /// JSON merge patch taking `sbx`, guarded by the resourceVersion it was read at: of two
+    /// claimers only one can win.
+    pub fn patch(&self, sbx: &Sandbox) -> Value {
+        let mut md = self.metadata();
+        md.insert(
+            "resourceVersion".into(),
+            json!(sbx.metadata.resource_version),
+        );
+        json!({"metadata": md, "spec": self.spec})
+    }
+
+    /// The same marks on a sandbox about to be created for the claim (no stock), which also gets
+    /// annotation `sandbox-priority: "100"`.
+    pub fn apply_to_new(&self, sbx: Sandbox) -> Result<Sandbox, serde_json::Error> {
+        let mut doc = serde_json::to_value(sbx)?;
+        merge(
+            &mut doc,
+            &json!({"metadata": self.metadata(), "spec": self.spec}),
+        );
+        let mut sbx: Sandbox = serde_json::from_value(doc)?;
+        sbx.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ANNOTATION_SANDBOX_PRIORITY.into(), "100".into());
+        Ok(sbx)
+    }
+}
+
+/// A new pool sandbox for `set` at `revision` (upstream `NewSandboxFromSandboxSet`):
+/// `generateName: <set>-`, template metadata minus `agents.kruise.io/*` keys (except the two
+/// preserved ones), pool labels, and a controller ownerRef to the set.
+pub fn new_sandbox_from_set(set: &crate::SandboxSet, revision: &str) -> Sandbox {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    use kube::Resource;
+
+    let name = set.metadata.name.clone().unwrap_or_default();
+    let mut generate_name = format!("{name}-");
+    generate_name.truncate(58);
+    let strip = |m: Option<&BTreeMap<String, String>>| -> BTreeMap<String, String> {
+        m.into_iter()
+            .flatten()
+            .filter(|(k, _)| {
+                !k.starts_with(AGENTS_PREFIX)
+                    || INTERNAL_KEYS_PRESERVED_ON_CREATION.contains(&k.as_str())
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    };
+    let tmeta = set.spec.template.as_ref().and_then(|t| t.metadata.as_ref());
+    let mut labels = strip(tmeta.and_then(|m| m.labels.as_ref()));
+    let annotations = strip(tmeta.and_then(|m| m.annotations.as_ref()));
+    let template_name = set
+        .spec
+        .template_ref
+        .as_ref()
+        .map(|r| r.name.clone())
+        .unwrap_or_else(|| name.clone());
+    labels.insert(LABEL_SANDBOX_POOL.into(), name.clone());
+    labels.insert(LABEL_SANDBOX_TEMPLATE.into(), template_name);
+    labels.insert(LABEL_SANDBOX_CLAIMED.into(), "false".into());
+    labels.insert(LABEL_TEMPLATE_HASH.into(), revision.into());
+    crate::Sandbox {
+        metadata: ObjectMeta {
+            generate_name: Some(generate_name),
+            namespace: set.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            owner_references: Some(vec![OwnerReference {
+                api_version: crate::SandboxSet::api_version(&()).into_owned(),
+                kind: crate::SandboxSet::kind(&()).into_owned(),
+                name,
+                uid: set.metadata.uid.clone().unwrap_or_default(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..Default::default()
+        },
+        spec: crate::SandboxSpec {
+            persistent_contents: set.spec.persistent_contents.clone(),
+            runtimes: set.spec.runtimes.clone(),
+            pause_strategy: set.spec.pause_strategy.clone(),
+            template_ref: set.spec.template_ref.clone(),
+            template: set.spec.template.clone(),
+            volume_claim_templates: set.spec.volume_claim_templates.clone(),
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+/// RFC 7386 JSON merge patch of `patch` into `doc`.
+pub fn merge(doc: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *doc = patch.clone();
+        return;
+    };
+    if !doc.is_object() {
+        *doc = Value::Object(Default::default());
+    }
+    let d = doc.as_object_mut().expect("object");
+    for (k, v) in p {
+        if v.is_null() {
+            d.remove(k);
+        } else {
+            merge(d.entry(k.clone()).or_insert(Value::Null), v);
+        }
     }
 }
 
@@ -229,5 +406,65 @@ mod tests {
         s.metadata.annotations = None;
         s.status = None;
         assert_eq!(s.runtime_url(), None);
+    }
+
+    fn identity() -> ClaimIdentity {
+        ClaimIdentity {
+            lock: "L".into(),
+            claimed_at: SystemTime::now(),
+            init: Some(sandbox_core::InitRuntimeRequest {
+                env_vars: Default::default(),
+                access_token: "tok".into(),
+                skip_refresh: false,
+            }),
+        }
+    }
+
+    #[test]
+    fn take_patch_is_guarded_and_marks_the_sandbox() {
+        let id = identity();
+        let mut t = Take::new(&id, "key-1");
+        t.labels.insert("team".into(), "a".into());
+        t.annotations.insert("note".into(), "x".into());
+        t.spec.insert("pauseTime".into(), Value::Null);
+        let p = t.patch(&pool_sbx("a", "h", true, false));
+        assert_eq!(p["metadata"]["resourceVersion"], "7");
+        assert!(p["metadata"]["ownerReferences"].is_null());
+        assert_eq!(p["metadata"]["labels"][LABEL_SANDBOX_CLAIMED], "true");
+        assert_eq!(p["metadata"]["labels"]["team"], "a");
+        assert_eq!(p["metadata"]["annotations"][ANNOTATION_OWNER], "key-1");
+        assert_eq!(p["metadata"]["annotations"][ANNOTATION_LOCK], "L");
+        assert_eq!(p["metadata"]["annotations"]["note"], "x");
+        assert_eq!(
+            p["metadata"]["annotations"][ANNOTATION_RUNTIME_ACCESS_TOKEN],
+            "tok"
+        );
+        assert!(p["spec"]["pauseTime"].is_null());
+        let ts = p["metadata"]["annotations"][ANNOTATION_CLAIM_TIMESTAMP]
+            .as_str()
+            .unwrap();
+        assert_eq!(ts.len(), "2026-12-05T10:00:00.123Z".len(), "{ts}");
+        assert!(ts.parse::<Timestamp>().is_ok(), "{ts}");
+    }
+
+    #[test]
+    fn take_applied_to_a_new_sandbox() {
+        let id = identity();
+        let mut t = Take::new(&id, "o");
+        t.spec.insert("paused".into(), json!(true));
+        let s = t.apply_to_new(pool_sbx("n", "h", true, false)).unwrap();
+        assert!(s.metadata.owner_references.is_none());
+        let ann = s.metadata.annotations.unwrap();
+        assert_eq!(ann[ANNOTATION_SANDBOX_PRIORITY], "100");
+        assert_eq!(ann[ANNOTATION_OWNER], "o");
+        assert_eq!(s.metadata.labels.unwrap()[LABEL_TEMPLATE_HASH], "h");
+        assert!(s.spec.paused);
+    }
+
+    #[test]
+    fn merge_follows_rfc7386() {
+        let mut d = json!({"a": 1, "b": {"c": 2, "d": 3}});
+        merge(&mut d, &json!({"a": null, "b": {"c": 5}, "e": [1]}));
+        assert_eq!(d, json!({"b": {"c": 5, "d": 3}, "e": [1]}));
     }
 }

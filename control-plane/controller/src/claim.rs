@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use sandbox_api::claim::Take;
 use sandbox_api::duration::parse_go_duration;
 use sandbox_api::keys::*;
 use sandbox_api::types::claim_phase;
@@ -85,102 +86,57 @@ pub fn claimed_template(template: &PodTemplateSpec, claim: &SandboxClaim) -> Pod
     t
 }
 
-/// JSON merge patch that claims `sbx` for `claim` with one engine attempt's lock and `/init`
-/// request, guarded by the sandbox's resourceVersion.
-pub fn claim_patch(sbx: &Sandbox, claim: &SandboxClaim, id: &ClaimIdentity) -> Value {
-    let claimed_at = Timestamp::try_from(id.claimed_at).unwrap_or_else(|_| Timestamp::now());
-    let uid = claim.metadata.uid.clone().unwrap_or_default();
-    let mut labels = serde_json::Map::new();
-    labels.insert(LABEL_SANDBOX_CLAIMED.into(), json!("true"));
-    labels.insert(
+/// What a take writes for `claim` (the shared marks of [`Take`], plus the claim's name label,
+/// its labels and annotations, CSI mounts, timeouts and the claimed template).
+fn claim_take<'a>(sbx: &Sandbox, claim: &'a SandboxClaim, id: &'a ClaimIdentity) -> Take<'a> {
+    let owner = claim.metadata.uid.as_deref().unwrap_or_default();
+    let mut take = Take::new(id, owner);
+    take.labels.insert(
         LABEL_CLAIM_NAME.into(),
-        json!(claim.metadata.name.clone().unwrap_or_default()),
+        claim.metadata.name.clone().unwrap_or_default(),
     );
-    for (k, v) in &claim.spec.labels {
-        labels.insert(k.clone(), json!(v));
-    }
-    let mut ann = serde_json::Map::new();
-    ann.insert(ANNOTATION_LOCK.into(), json!(id.lock));
-    ann.insert(ANNOTATION_OWNER.into(), json!(uid));
-    ann.insert(
-        ANNOTATION_CLAIM_TIMESTAMP.into(),
-        json!(claimed_at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
-    );
-    for (k, v) in &claim.spec.annotations {
-        ann.insert(k.clone(), json!(v));
-    }
-    if let Some(init) = &id.init {
-        ann.insert(
-            ANNOTATION_INIT_RUNTIME_REQUEST.into(),
-            json!(init.to_json()),
-        );
-        ann.insert(
-            ANNOTATION_RUNTIME_ACCESS_TOKEN.into(),
-            json!(init.access_token),
-        );
-    }
+    take.labels.extend(claim.spec.labels.clone());
+    take.annotations.extend(claim.spec.annotations.clone());
     if !claim.spec.dynamic_volumes_mount.is_empty() {
-        ann.insert(
+        take.annotations.insert(
             ANNOTATION_CSI_VOLUME_CONFIG.into(),
-            json!(serde_json::to_string(&claim.spec.dynamic_volumes_mount).expect("json")),
+            serde_json::to_string(&claim.spec.dynamic_volumes_mount).expect("json"),
         );
     }
     let updated = json!({
         "labels": claim.spec.labels.keys().collect::<Vec<_>>(),
         "annotations": claim.spec.annotations.keys().collect::<Vec<_>>(),
     });
-    ann.insert(
+    take.annotations.insert(
         ANNOTATION_UPDATED_METADATA_IN_CLAIM.into(),
-        json!(updated.to_string()),
+        updated.to_string(),
     );
-
-    let mut spec = serde_json::Map::new();
     if let Some(t) = &claim.spec.shutdown_time {
-        spec.insert("shutdownTime".into(), json!(t));
-        spec.insert("pauseTime".into(), Value::Null);
+        take.spec.insert("shutdownTime".into(), json!(t));
+        take.spec.insert("pauseTime".into(), Value::Null);
     }
     if let Some(t) = &sbx.spec.template {
-        spec.insert(
+        take.spec.insert(
             "template".into(),
             serde_json::to_value(claimed_template(t, claim)).expect("json"),
         );
     }
-    json!({
-        "metadata": {
-            "resourceVersion": sbx.metadata.resource_version,
-            "ownerReferences": Value::Null,
-            "labels": labels,
-            "annotations": ann,
-        },
-        "spec": spec,
-    })
+    take
+}
+
+/// JSON merge patch that claims `sbx` for `claim` with one engine attempt's lock and `/init`
+/// request, guarded by the sandbox's resourceVersion.
+pub fn claim_patch(sbx: &Sandbox, claim: &SandboxClaim, id: &ClaimIdentity) -> Value {
+    claim_take(sbx, claim, id).patch(sbx)
 }
 
 /// Applies the same changes to a sandbox about to be created for the claim (no stock).
-pub fn claim_new_sandbox(mut sbx: Sandbox, claim: &SandboxClaim, id: &ClaimIdentity) -> Sandbox {
-    let patch = claim_patch(&sbx, claim, id);
-    sbx.metadata.owner_references = None;
-    let md = &patch["metadata"];
-    let labels = sbx.metadata.labels.get_or_insert_with(Default::default);
-    for (k, v) in md["labels"].as_object().into_iter().flatten() {
-        labels.insert(k.clone(), v.as_str().unwrap_or_default().into());
-    }
-    let ann = sbx
-        .metadata
-        .annotations
-        .get_or_insert_with(Default::default);
-    for (k, v) in md["annotations"].as_object().into_iter().flatten() {
-        ann.insert(k.clone(), v.as_str().unwrap_or_default().into());
-    }
-    ann.insert(ANNOTATION_SANDBOX_PRIORITY.into(), "100".into());
-    if let Some(t) = &claim.spec.shutdown_time {
-        sbx.spec.shutdown_time = Some(t.clone());
-        sbx.spec.pause_time = None;
-    }
-    if let Some(t) = &sbx.spec.template {
-        sbx.spec.template = Some(claimed_template(t, claim));
-    }
-    sbx
+pub fn claim_new_sandbox(
+    sbx: Sandbox,
+    claim: &SandboxClaim,
+    id: &ClaimIdentity,
+) -> Result<Sandbox, serde_json::Error> {
+    claim_take(&sbx, claim, id).apply_to_new(sbx)
 }
 
 /// Sandbox is owned by this claim (annotation `owner` = claim UID).

@@ -232,69 +232,7 @@ where
     (done, None)
 }
 
-/// A new pool sandbox for `set` at `revision` (upstream `NewSandboxFromSandboxSet`):
-/// `generateName: <set>-`, template metadata minus `agents.kruise.io/*` keys (except the two
-/// preserved ones), pool labels, and a controller ownerRef to the set.
-pub fn new_sandbox_from_set(set: &sandbox_api::SandboxSet, revision: &str) -> sandbox_api::Sandbox {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-    use kube::Resource;
-    use sandbox_api::keys::*;
-    use std::collections::BTreeMap;
-
-    let name = set.metadata.name.clone().unwrap_or_default();
-    let mut generate_name = format!("{name}-");
-    generate_name.truncate(58);
-    let strip = |m: Option<&BTreeMap<String, String>>| -> BTreeMap<String, String> {
-        m.into_iter()
-            .flatten()
-            .filter(|(k, _)| {
-                !k.starts_with(AGENTS_PREFIX)
-                    || INTERNAL_KEYS_PRESERVED_ON_CREATION.contains(&k.as_str())
-            })
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    };
-    let tmeta = set.spec.template.as_ref().and_then(|t| t.metadata.as_ref());
-    let mut labels = strip(tmeta.and_then(|m| m.labels.as_ref()));
-    let annotations = strip(tmeta.and_then(|m| m.annotations.as_ref()));
-    let template_name = set
-        .spec
-        .template_ref
-        .as_ref()
-        .map(|r| r.name.clone())
-        .unwrap_or_else(|| name.clone());
-    labels.insert(LABEL_SANDBOX_POOL.into(), name.clone());
-    labels.insert(LABEL_SANDBOX_TEMPLATE.into(), template_name);
-    labels.insert(LABEL_SANDBOX_CLAIMED.into(), "false".into());
-    labels.insert(LABEL_TEMPLATE_HASH.into(), revision.into());
-    sandbox_api::Sandbox {
-        metadata: ObjectMeta {
-            generate_name: Some(generate_name),
-            namespace: set.metadata.namespace.clone(),
-            labels: Some(labels),
-            annotations: (!annotations.is_empty()).then_some(annotations),
-            owner_references: Some(vec![OwnerReference {
-                api_version: sandbox_api::SandboxSet::api_version(&()).into_owned(),
-                kind: sandbox_api::SandboxSet::kind(&()).into_owned(),
-                name,
-                uid: set.metadata.uid.clone().unwrap_or_default(),
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
-            ..Default::default()
-        },
-        spec: sandbox_api::SandboxSpec {
-            persistent_contents: set.spec.persistent_contents.clone(),
-            runtimes: set.spec.runtimes.clone(),
-            pause_strategy: set.spec.pause_strategy.clone(),
-            template_ref: set.spec.template_ref.clone(),
-            template: set.spec.template.clone(),
-            volume_claim_templates: set.spec.volume_claim_templates.clone(),
-            ..Default::default()
-        },
-        status: None,
-    }
-}
+pub use sandbox_api::claim::new_sandbox_from_set;
 
 #[cfg(test)]
 mod tests {

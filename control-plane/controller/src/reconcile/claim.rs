@@ -197,7 +197,8 @@ impl SandboxStore for KubeClaimStore<'_> {
             pause_strategy: set.pause_strategy.as_ref(),
         });
         let fresh = new_sandbox_from_set(self.set, &revision);
-        let fresh = claim_new_sandbox(fresh, self.claim, identity);
+        let fresh =
+            claim_new_sandbox(fresh, self.claim, identity).map_err(kube::Error::SerdeError)?;
         let created = self
             .sandboxes
             .create(&PostParams::default(), &fresh)
