@@ -2,10 +2,15 @@
 //! stripped before caching) whose events are projected into routes with upstream's rules and fed
 //! to the [`RoutePublisher`]. The first complete listing marks the route set ready; every relist
 //! is applied as a full resync (Sandboxes that vanished while the watch was down are removed).
+//! A Sandbox whose `spec.shutdownTime` passes loses its route then, without waiting for the
+//! controller to delete it: the manager already reports it gone, and the gateways agree.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::reflector::{self, store::Writer};
+use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use sandbox_api::Sandbox;
@@ -99,6 +104,62 @@ fn strip(sbx: &mut Sandbox) {
     sbx.spec.volume_claim_templates.clear();
 }
 
+/// Whether the Sandbox is past its `spec.shutdownTime` at `now`.
+fn expired(sbx: &Sandbox, now: Timestamp) -> bool {
+    sbx.spec.shutdown_time.as_ref().is_some_and(|t| t.0 <= now)
+}
+
+/// Routes to withdraw when their Sandbox's shutdownTime passes: (time, namespace, name, the
+/// resourceVersion that set it), earliest first.
+#[derive(Default)]
+struct Expiries(BinaryHeap<Reverse<(Timestamp, String, String, u64)>>);
+
+impl Expiries {
+    fn schedule(&mut self, sbx: &Sandbox, rv: Option<u64>) {
+        if let (Some(t), Some(rv)) = (&sbx.spec.shutdown_time, rv) {
+            let ns = sbx.namespace().unwrap_or_default();
+            self.0.push(Reverse((t.0, ns, sbx.name_any(), rv)));
+        }
+    }
+
+    /// Sleeps until the earliest entry is due (forever without one).
+    async fn next_due(&self) {
+        match self.0.peek() {
+            Some(Reverse((t, ..))) => {
+                let wait = Timestamp::now().duration_until(*t);
+                let wait = std::time::Duration::try_from(wait).unwrap_or_default();
+                tokio::time::sleep(wait).await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Withdraws the routes of due entries whose Sandbox is still at the version that set them
+    /// (a later version was scheduled by its own event).
+    fn fire(&mut self, store: &Store<Sandbox>, publisher: &RoutePublisher) {
+        let now = Timestamp::now();
+        while let Some(Reverse((t, ..))) = self.0.peek() {
+            if *t > now {
+                break;
+            }
+            let Some(Reverse((_, ns, name, rv))) = self.0.pop() else {
+                break;
+            };
+            let current = store.get(&ObjectRef::new(&name).within(&ns));
+            let same = current.as_ref().is_some_and(|s| {
+                s.resource_version()
+                    .as_deref()
+                    .and_then(parse_resource_version)
+                    == Some(rv)
+            });
+            if same && current.as_ref().is_some_and(|s| expired(s, now)) {
+                tracing::debug!(namespace = %ns, sandbox = %name, "shutdownTime passed; route withdrawn");
+                publisher.delete(&ns, &name, Some(rv));
+            }
+        }
+    }
+}
+
 /// Watches Sandboxes (all namespaces, or one) until the stream ends or `shutdown` fires.
 pub async fn run(
     client: Client,
@@ -112,6 +173,8 @@ pub async fn run(
         None => Api::all(client),
     };
     let writer: Writer<Sandbox> = Writer::default();
+    let store = writer.as_reader();
+    let mut expiries = Expiries::default();
     let stream = reflector::reflector(
         writer,
         watcher(api, watcher::Config::default())
@@ -123,6 +186,10 @@ pub async fn run(
     loop {
         let event = tokio::select! {
             e = stream.next() => e,
+            _ = expiries.next_due() => {
+                expiries.fire(&store, &publisher);
+                continue;
+            }
             _ = shutdown.changed() => break,
         };
         let Some(event) = event else { break };
@@ -137,10 +204,18 @@ pub async fn run(
         match event {
             watcher::Event::Init => listing = Some(Vec::new()),
             watcher::Event::InitApply(sbx) => {
+                if expired(&sbx, now) {
+                    continue;
+                }
                 if let (Some(list), Some(r)) =
                     (listing.as_mut(), route_from_sandbox(&sbx, now, projection))
                 {
                     list.push(r);
+                    let rv = sbx
+                        .resource_version()
+                        .as_deref()
+                        .and_then(parse_resource_version);
+                    expiries.schedule(&sbx, rv);
                 }
             }
             watcher::Event::InitDone => {
@@ -153,10 +228,11 @@ pub async fn run(
                     .resource_version()
                     .as_deref()
                     .and_then(parse_resource_version);
-                if sbx.metadata.deletion_timestamp.is_some() {
+                if sbx.metadata.deletion_timestamp.is_some() || expired(&sbx, now) {
                     publisher.delete(&sbx.namespace().unwrap_or_default(), &sbx.name_any(), rv);
                 } else if let Some(r) = route_from_sandbox(&sbx, now, projection) {
                     publisher.upsert(r);
+                    expiries.schedule(&sbx, rv);
                 } else {
                     tracing::warn!(sandbox = %sbx.name_any(), "Sandbox without the fields a route needs; ignored");
                 }

@@ -77,6 +77,50 @@ impl RouteSyncService {
     }
 }
 
+impl RouteSyncService {
+    /// Waits until no route carries `id` and every subscribed gateway (at least
+    /// `min_gateways`) acknowledged the route table at a version without it.
+    pub async fn wait_absent(
+        &self,
+        id: &str,
+        min_gateways: u32,
+        timeout: Duration,
+    ) -> WaitForRouteResponse {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.cache.subscribe_changes();
+        let mut progress = self.registry.subscribe_progress();
+        let mut last = WaitForRouteResponse::default();
+        loop {
+            if self.cache.get(SANDBOX_ROUTE_TYPE_URL, id).is_none() {
+                // The type's current version has no route for `id`: a gateway that acknowledged
+                // it (or later) routes it no more.
+                let (version, _) = self.cache.stats(SANDBOX_ROUTE_TYPE_URL);
+                let cov = self.registry.coverage(SANDBOX_ROUTE_TYPE_URL, version);
+                last = WaitForRouteResponse {
+                    synced: cov.behind == 0 && cov.subscribed >= min_gateways,
+                    gateways: cov.subscribed,
+                    pending_gateways: cov.behind,
+                    resource_version: 0,
+                };
+                if last.synced {
+                    self.metrics.wait(true, started.elapsed().as_secs_f64());
+                    return last;
+                }
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = progress.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    self.metrics.wait(false, started.elapsed().as_secs_f64());
+                    last.synced = false;
+                    return last;
+                }
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl RouteSync for RouteSyncService {
     async fn wait_for_route(
@@ -91,14 +135,18 @@ impl RouteSync for RouteSyncService {
             0 => DEFAULT_WAIT,
             ms => Duration::from_millis(u64::from(ms)).min(MAX_WAIT),
         };
-        Ok(Response::new(
+        let answer = if req.absent {
+            self.wait_absent(&req.sandbox_id, req.min_gateways, timeout)
+                .await
+        } else {
             self.wait(
                 &req.sandbox_id,
                 req.min_resource_version,
                 req.min_gateways,
                 timeout,
             )
-            .await,
-        ))
+            .await
+        };
+        Ok(Response::new(answer))
     }
 }

@@ -172,6 +172,7 @@ fn measure(size: usize, samples: usize, up: &Upstream) -> anyhow::Result<SizeRes
                 min_resource_version: rv,
                 timeout_ms: 10_000,
                 min_gateways: 1,
+                ..Default::default()
             }))?
             .into_inner();
         if !w.synced {

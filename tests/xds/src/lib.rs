@@ -101,6 +101,7 @@ impl Xds {
                 min_resource_version: min_rv,
                 timeout_ms: timeout.as_millis() as u32,
                 min_gateways,
+                ..Default::default()
             })
             .await
             .expect("WaitForRoute")

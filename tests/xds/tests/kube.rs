@@ -124,6 +124,7 @@ fn sandboxes_in_kubernetes_become_routes() {
                 min_resource_version: rv,
                 timeout_ms: 15_000,
                 min_gateways: 1,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -150,17 +151,80 @@ fn sandboxes_in_kubernetes_become_routes() {
     );
     assert_eq!(r.status, 401, "{}", r.text());
 
+    // A Sandbox whose shutdownTime passes loses its route then, before anyone deletes it; a
+    // WaitForRoute with `absent` returns once the gateway has dropped it.
+    let wait_absent = |id: &str| {
+        rt.block_on(async {
+            let mut client = RouteSyncClient::connect(format!("http://127.0.0.1:{grpc}"))
+                .await
+                .unwrap();
+            client
+                .wait_for_route(WaitForRouteRequest {
+                    sandbox_id: id.to_string(),
+                    timeout_ms: 15_000,
+                    min_gateways: 1,
+                    absent: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        })
+    };
+    let mut expiring = Sandbox::new("box2", SandboxSpec::default());
+    // Whole seconds: the apiserver keeps Sandbox times at second precision.
+    let end = k8s_openapi::jiff::Timestamp::from_second(
+        k8s_openapi::jiff::Timestamp::now().as_second() + 3,
+    )
+    .unwrap();
+    expiring.spec.shutdown_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(end));
+    rt.block_on(api.create(&PostParams::default(), &expiring))
+        .expect("create box2");
+    rt.block_on(api.patch_status(
+        "box2",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"status": ready_status("127.0.42.1")})),
+    ))
+    .expect("patch box2 status");
+    let id2 = format!("{ns}--box2");
+    eventually("box2 routed", Duration::from_secs(15), || {
+        request(
+            gw.addr,
+            "GET",
+            "/x",
+            &[("e2b-sandbox-id", &id2), ("e2b-sandbox-port", &port)],
+            None,
+        )
+        .status
+            == 200
+    });
+    let w = wait_absent(&id2);
+    assert!(w.synced, "{w:?}");
+    assert!(
+        k8s_openapi::jiff::Timestamp::now() >= end,
+        "withdrawn before its shutdownTime"
+    );
+    let r = request(
+        gw.addr,
+        "GET",
+        "/x",
+        &[("e2b-sandbox-id", &id2), ("e2b-sandbox-port", &port)],
+        None,
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        rt.block_on(api.get_opt("box2")).unwrap().is_some(),
+        "nobody deleted it"
+    );
+
     // Deleting the Sandbox removes the route.
     rt.block_on(api.delete("box1", &DeleteParams::default()))
         .expect("delete");
-    eventually(
-        "route removed after the Sandbox is deleted",
-        Duration::from_secs(15),
-        || {
-            let r = request(gw.addr, "GET", "/", &[("e2b-sandbox-id", &id)], None);
-            r.status == 502 && r.json()["message"] == "The sandbox was not found"
-        },
-    );
+    let w = wait_absent(&id);
+    assert!(w.synced, "{w:?}");
+    let r = request(gw.addr, "GET", "/", &[("e2b-sandbox-id", &id)], None);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.json()["message"], "The sandbox was not found");
 
     // The metrics endpoint reports the watch and the stream.
     let m = gateway_tests::request(http_addr, "GET", "/metrics", &[], None).text();
