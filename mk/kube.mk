@@ -11,6 +11,7 @@ export HELM_BIN := $(KUBE_CACHE)/helm-$(HELM_VERSION)/bin/helm
 # The harness's own binaries, for tests of other crates and `make run`-style setups.
 export NODE_SIM_BIN := $(CARGO_TARGET_DIR)/debug/node-sim
 export SIM_POD_BIN := $(CARGO_TARGET_DIR)/debug/sim-pod
+export KUBE_CLUSTER_BIN := $(CARGO_TARGET_DIR)/debug/kube-cluster
 PREPARE_TARGETS += kube-bins kube-harness-bins
 HELP_LINES += "make kube-bins     build kube-apiserver/etcd/kube-controller-manager/kubectl/helm into the cache (once)"
 HELP_LINES += "make test-kube     kube-harness tests (real apiserver + node simulator)"

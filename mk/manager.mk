@@ -5,8 +5,10 @@ export SANDBOX_MANAGER_BIN := $(CARGO_TARGET_DIR)/debug/sandbox-manager
 PREPARE_TARGETS += build-manager
 HELP_LINES += "make test-manager     manager unit tests + the E2B SDK end-to-end suite (2.63.0 and 2.37.1)"
 HELP_LINES += "make bench-manager    Sandbox.create() and create-to-first-command latency, warm and cold pools"
+HELP_LINES += "make run-kube        the Kubernetes stack on this machine (cluster + node simulator, controller, sandbox-xds, gateway, managers)"
+HELP_LINES += "make test-manager-kube  the E2B SDK suite against the kube backend (two manager replicas)"
 
-.PHONY: build-manager build-local-stack run-local test-manager test-manager-e2e bench-manager
+.PHONY: build-manager build-local-stack run-local test-manager test-manager-e2e bench-manager build-kube-stack run-kube test-manager-kube
 build-manager:
 	$(CARGO) build --locked -p sandbox-manager
 
@@ -39,6 +41,21 @@ test-manager:
 	$(MAKE) test-manager-e2e
 
 EXTRA_TEST_TARGETS += test-manager-e2e
+
+# The Kubernetes stack (scripts/run-kube.sh): everything it starts, built.
+build-kube-stack:
+	$(CARGO) build --locked -p sandbox-manager -p agent-runtime -p sandbox-gateway-filter \
+		-p sandbox-controller -p sandbox-xds -p kube-harness --bins
+
+run-kube: venv kube-bins build-kube-stack
+	scripts/run-kube.sh
+
+# The same E2B SDK suite against the kube backend (MANAGER_STACK=kube: conftest starts
+# run-kube.sh with two manager replicas); tests that need the local backend are deselected.
+test-manager-kube: venv kube-bins build-kube-stack
+	MANAGER_STACK=kube $(VENV)/bin/python -m pytest -q -m "not local_only" tests/manager
+
+EXTRA_TEST_TARGETS += test-manager-kube
 
 # Release binaries, the stack as `make run` starts it, the real SDK (benches/manager/bench.py;
 # results in docs/benchmarks.md). BENCH_MANAGER_ARGS="--rounds 10" for more samples.

@@ -7,6 +7,12 @@ at the end stops it with SIGTERM and asserts that no process of it is left.
 
 `Stack` also starts further, independent stacks (`Stack.start(tmp_path)`) for tests that restart
 components or need a private data directory.
+
+With MANAGER_STACK=kube (`make test-manager-kube`) the session's stack is the Kubernetes one,
+started through `scripts/run-kube.sh`: a real kube-apiserver + etcd, the node simulator running
+each sandbox pod as an agent-runtime process, sandbox-controller, sandbox-xds, Envoy and two
+sandbox-manager replicas (kube backend). Tests marked `local_only` need the embedded backend
+(its data directory, snapshots, process-level pause, private stacks) and are deselected there.
 """
 
 import json
@@ -24,7 +30,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "run-local.sh"
+KIND = os.environ.get("MANAGER_STACK", "local")
+SCRIPT = ROOT / "scripts" / ("run-kube.sh" if KIND == "kube" else "run-local.sh")
+LOGS = {
+    "local": ("run-local.out", "manager.log", "envoy.log"),
+    "kube": ("run-local.out", "manager-0.log", "manager-1.log", "controller.log", "xds.log", "envoy.log", "cluster.log"),
+}[KIND]
 
 
 def free_port() -> int:
@@ -66,6 +77,8 @@ class Stack:
         defaults = {"POOL_SIZE": str(pool_size), "CODE_INTERPRETER_POOL_SIZE": "0"}
         s = cls(run_dir=Path(run_dir), extra_env={**defaults, **extra_env})
         s.ports = {k: free_port() for k in ("API_PORT", "GATEWAY_PORT", "XDS_PORT", "XDS_HTTP_PORT", "ENVOY_ADMIN_PORT")}
+        for i in range(1, int(s.extra_env.get("MANAGER_REPLICAS", "1"))):
+            s.ports[f"API_PORT_{i}"] = free_port()
         s.launch()
         return s
 
@@ -97,7 +110,7 @@ class Stack:
 
     def tail(self) -> str:
         parts = []
-        for name in ("run-local.out", "manager.log", "envoy.log"):
+        for name in LOGS:
             p = self.run_dir / name
             if p.exists():
                 parts.append(f"--- {name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-30:]))
@@ -106,6 +119,10 @@ class Stack:
     @property
     def api_url(self) -> str:
         return self.env["E2B_API_URL"]
+
+    def replica_url(self, i: int) -> str:
+        """The API of manager replica `i` (kube stacks run MANAGER_REPLICAS on consecutive ports)."""
+        return f"http://127.0.0.1:{self.ports.get(f'API_PORT_{i}', self.ports['API_PORT'] + i)}"
 
     @property
     def api_key(self) -> str:
@@ -124,15 +141,16 @@ class Stack:
         session's, whose values are also exported to the environment)."""
         return {"api_key": self.api_key, "api_url": self.api_url, "sandbox_url": self.gateway_url, "domain": "localhost"}
 
-    def request(self, method: str, path: str, body=None, key: str | None = "admin", headers=None, raw: bytes | None = None, timeout: float = 60):
-        """An API call; returns (status, parsed JSON or text, headers)."""
+    def request(self, method: str, path: str, body=None, key: str | None = "admin", headers=None, raw: bytes | None = None, timeout: float = 60, base: str | None = None):
+        """An API call (to `base`, default this stack's API); returns (status, parsed JSON or
+        text, headers)."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         h = {"content-type": "application/json", **(headers or {})}
         if key == "admin":
             h["x-api-key"] = self.api_key
         elif key is not None:
             h["x-api-key"] = key
-        req = urllib.request.Request(self.api_url + path, data=data, method=method, headers=h)
+        req = urllib.request.Request((base or self.api_url) + path, data=data, method=method, headers=h)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 status, text, rh = r.status, r.read().decode(), r.headers
@@ -171,7 +189,12 @@ def stack(tmp_path_factory):
     for var in ("SANDBOX_MANAGER_BIN", "AGENT_RUNTIME_BIN", "SANDBOX_GATEWAY_MODULE", "ENVOY_BIN"):
         if not os.environ.get(var):
             pytest.exit(f"{var} is not set; run the suite with `make test-manager`", returncode=2)
-    s = Stack.start(tmp_path_factory.mktemp("stack"), pool_size=4)
+    extra = {"MANAGER_REPLICAS": "2"} if KIND == "kube" else {}
+    if KIND == "kube":
+        for var in ("SANDBOX_CONTROLLER_BIN", "SANDBOX_XDS_BIN", "KUBE_CLUSTER_BIN", "KUBECTL_BIN"):
+            if not os.environ.get(var):
+                pytest.exit(f"{var} is not set; run the suite with `make test-manager-kube`", returncode=2)
+    s = Stack.start(tmp_path_factory.mktemp("stack"), pool_size=4, **extra)
     saved = {k: os.environ.get(k) for k in s.env}
     os.environ.update(s.env)
     os.environ.pop("E2B_DEBUG", None)
@@ -182,6 +205,10 @@ def stack(tmp_path_factory):
         else:
             os.environ[k] = v
     s.stop()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "local_only: needs the embedded (local) backend; deselected with MANAGER_STACK=kube")
 
 
 @pytest.fixture

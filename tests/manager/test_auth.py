@@ -53,6 +53,7 @@ def test_missing_and_wrong_keys(stack, monkeypatch):
         Sandbox.create()
 
 
+@pytest.mark.local_only  # a team's templates live in the namespace named after it (kube); the suite's only pool is in `default`
 def test_teams_are_isolated(stack, kill_after):
     tag = unique("teams")
     created = create_key(stack, "t", team="team-b")

@@ -223,6 +223,7 @@ async def test_bearer_keys_are_accepted(stack):
         assert {t.name for t in (await client.list_tools()).tools} == TOOLS
 
 
+@pytest.mark.local_only  # a second team needs its own namespace and pool on kube
 async def test_another_team_cannot_use_the_admins_sandbox(stack):
     async with admin_client(stack) as admin:
         other_key = create_key(stack, "team-mcp")
@@ -268,6 +269,7 @@ async def test_a_paused_sandbox_is_refused_until_resumed(stack):
             await call_ok(admin, "kill_sandbox", {"sandbox_id": sid})
 
 
+@pytest.mark.local_only  # starts a private local stack
 async def test_without_auth_every_caller_is_the_admin(tmp_path):
     s = Stack.start(tmp_path / "no-auth", pool_size=1, E2B_ENABLE_AUTH="false")
     try:
@@ -284,6 +286,7 @@ async def test_without_auth_every_caller_is_the_admin(tmp_path):
         s.stop()
 
 
+@pytest.mark.local_only  # starts a private local stack
 def test_the_endpoint_can_be_turned_off(tmp_path):
     s = Stack.start(tmp_path / "no-mcp", pool_size=0, SANDBOX_MANAGER_MCP="false")
     try:

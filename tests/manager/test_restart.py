@@ -4,6 +4,7 @@ processes ended with the previous run, its files are kept: documented behaviour 
 backend), a paused one stays paused; connect resumes both. After each stop no process of the
 stack is left (Stack.stop asserts it)."""
 
+import pytest
 from e2b import Sandbox, SandboxQuery, SandboxState
 
 from conftest import Stack
@@ -21,6 +22,7 @@ def listed(stack, key, tag, state=None):
     return out
 
 
+@pytest.mark.local_only  # restarts a private local stack
 def test_restart_keeps_keys_sandboxes_and_snapshots(tmp_path):
     s = Stack.start(tmp_path / "restart", pool_size=1)
     try:
@@ -97,6 +99,7 @@ def test_restart_keeps_keys_sandboxes_and_snapshots(tmp_path):
         s.stop()
 
 
+@pytest.mark.local_only  # restarts a private local stack
 def test_timeouts_that_pass_while_the_stack_is_down(tmp_path):
     """A sandbox whose timeout passes while the manager is down is gone after the restart when
     it was to be killed, and paused when it was to be paused (lifecycle on_timeout=pause)."""

@@ -38,6 +38,7 @@ def tstack(tmp_path_factory):
     s.stop()
 
 
+@pytest.mark.local_only  # local template `services`
 def test_a_template_service_runs_beside_the_runtime(tstack):
     sbx = Sandbox.create(template="web", **tstack.sdk_opts())
     try:
@@ -58,6 +59,7 @@ def test_a_template_service_runs_beside_the_runtime(tstack):
     wait_until(lambda: not processes_mentioning(sandbox_dir), timeout=30, what="the service to be killed with the sandbox")
 
 
+@pytest.mark.local_only  # local template `services`
 def test_a_service_that_never_gets_healthy_fails_the_create_clearly(tstack):
     status, body, headers = tstack.request("POST", "/v2/sandboxes", {"templateID": "broken"})
     assert status == 503, body

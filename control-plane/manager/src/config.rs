@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 pub enum BackendKind {
     /// Sandboxes are agent-runtime processes on this machine (no Kubernetes).
     Local,
-    /// Sandboxes are Sandbox CRs claimed from SandboxSets (not built yet).
+    /// Sandboxes are Sandbox CRs claimed from SandboxSets (KUBECONFIG or in-cluster config).
     Kube,
 }
 
@@ -86,7 +86,29 @@ pub struct Args {
     #[arg(long, env = "SANDBOX_MANAGER_STARTUP_TIMEOUT", default_value_t = 30)]
     pub startup_timeout: u64,
 
-    /// Embedded sandbox-xds: gRPC address the gateways (ADS) connect to.
+    /// kube: namespace to watch for Sandboxes and SandboxSets (default: all; a team's name is the
+    /// namespace of its templates, the admin team uses every watched one).
+    #[arg(long, env = "SANDBOX_MANAGER_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// kube: gRPC address of sandbox-xds (RouteSync.WaitForRoute before a create answers).
+    #[arg(
+        long,
+        env = "SANDBOX_MANAGER_XDS_ADDRESS",
+        default_value = "http://sandbox-xds:18000"
+    )]
+    pub xds_address: String,
+    /// kube: claims picking and taking at once (upstream maxClaimWorkers).
+    #[arg(long, env = "SANDBOX_MANAGER_MAX_CLAIM_WORKERS", default_value_t = 500)]
+    pub max_claim_workers: usize,
+    /// kube: sandboxes created per second when a pool is empty, per replica (upstream
+    /// maxCreateQPS; 0 = unlimited).
+    #[arg(long, env = "SANDBOX_MANAGER_MAX_CREATE_QPS", default_value_t = 49.0)]
+    pub max_create_qps: f64,
+    /// kube: how long pause and resume wait for the controller, seconds.
+    #[arg(long, env = "SANDBOX_MANAGER_LIFECYCLE_TIMEOUT", default_value_t = 60)]
+    pub lifecycle_timeout: u64,
+
+    /// Embedded sandbox-xds (local backend): gRPC address the gateways (ADS) connect to.
     #[arg(
         long,
         env = "SANDBOX_MANAGER_XDS_GRPC_LISTEN",

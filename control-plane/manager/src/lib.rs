@@ -5,7 +5,8 @@
 //!
 //! Layout: `api` is the HTTP layer (routes, auth, validation, paging, rendering, errors);
 //! `backend` the trait every backend implements; `model` and `extensions` the plain domain
-//! types both share; `keys` the key store; `local` the embedded backend; `store` the
+//! types both share; `keys` the key store; `local` the embedded backend; `kube` the
+//! Kubernetes backend (claims through `sandbox-core`, shared with the controller); `store` the
 //! embedded document store; `sys` the only `unsafe` code.
 
 pub mod api;
@@ -15,6 +16,7 @@ pub mod envd;
 pub mod extensions;
 pub mod idempotency;
 pub mod keys;
+pub mod kube;
 pub mod local;
 pub mod mcp;
 pub mod metrics;

@@ -4,10 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use sandbox_manager::api::{self, ApiConfig, AppCtx};
+use sandbox_manager::backend::Backend;
 use sandbox_manager::config::{Args, BackendKind, LogFormat};
+use sandbox_manager::kube::{KubeBackend, KubeConfig};
 use sandbox_manager::local::{LocalBackend, LocalConfig, templates};
 use sandbox_manager::{idempotency::Idempotency, keys, metrics::Metrics};
 use sandbox_xds::{GatewayResources, RunningServer, XdsServer};
@@ -32,6 +34,65 @@ fn gateway_resources(args: &Args) -> anyhow::Result<GatewayResources> {
         );
     }
     Ok(g)
+}
+
+/// The embedded backend and its in-process sandbox-xds.
+async fn local_backend(
+    args: &Args,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<(Arc<dyn Backend>, RunningServer)> {
+    let xds = XdsServer::new(&gateway_resources(args)?);
+    let running = RunningServer::start(xds.clone(), args.xds_grpc_listen, args.xds_http_listen)
+        .await
+        .context("bind the embedded sandbox-xds")?;
+    let templates = templates::load(args.templates.as_deref(), args.base_pool_size)
+        .map_err(anyhow::Error::msg)?;
+    let runtime_bin = args.runtime_bin();
+    tracing::info!(runtime = %runtime_bin.display(), "local backend");
+    let backend = LocalBackend::open(
+        LocalConfig {
+            data_dir: args.data_dir.clone(),
+            runtime_bin,
+            templates,
+            address_range: args.address_range.clone(),
+            min_gateways: args.min_gateways,
+            route_wait: Duration::from_millis(args.route_wait_ms),
+            claim_timeout: Duration::from_secs(args.claim_timeout),
+            startup_timeout: Duration::from_secs(args.startup_timeout),
+            max_sandboxes: args.max_sandboxes,
+        },
+        xds,
+        metrics,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    Ok((Arc::new(backend), running))
+}
+
+/// Sandbox CRs through the apiserver (KUBECONFIG, else the in-cluster config), routes through
+/// an external sandbox-xds.
+async fn kube_backend(args: &Args, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn Backend>> {
+    let client = kube::Client::try_default()
+        .await
+        .context("Kubernetes client (KUBECONFIG or in-cluster)")?;
+    let backend = KubeBackend::open(
+        client,
+        KubeConfig {
+            namespace: args.namespace.clone(),
+            xds_address: args.xds_address.clone(),
+            min_gateways: args.min_gateways,
+            route_wait: Duration::from_millis(args.route_wait_ms),
+            claim_timeout: Duration::from_secs(args.claim_timeout),
+            wait_ready_timeout: Duration::from_secs(args.startup_timeout),
+            workers: args.max_claim_workers,
+            create_qps: args.max_create_qps,
+            lifecycle_wait: Duration::from_secs(args.lifecycle_timeout),
+        },
+        metrics,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    Ok(backend)
 }
 
 async fn wait_for_signal() {
@@ -65,9 +126,6 @@ async fn main() -> anyhow::Result<()> {
             .with_writer(std::io::stderr)
             .init(),
     }
-    if args.backend == BackendKind::Kube {
-        bail!("--backend kube is not built yet (docs/manager.md); use --backend local");
-    }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
     if args.reap {
@@ -83,31 +141,13 @@ async fn main() -> anyhow::Result<()> {
         Arc::new(keys::FileKeyStore::open(&args.data_dir, &admin).context("open the key store")?);
     let metrics = Arc::new(Metrics::new());
 
-    let xds = XdsServer::new(&gateway_resources(&args)?);
-    let running = RunningServer::start(xds.clone(), args.xds_grpc_listen, args.xds_http_listen)
-        .await
-        .context("bind the embedded sandbox-xds")?;
-    let templates = templates::load(args.templates.as_deref(), args.base_pool_size)
-        .map_err(anyhow::Error::msg)?;
-    let runtime_bin = args.runtime_bin();
-    let backend = LocalBackend::open(
-        LocalConfig {
-            data_dir: args.data_dir.clone(),
-            runtime_bin: runtime_bin.clone(),
-            templates,
-            address_range: args.address_range.clone(),
-            min_gateways: args.min_gateways,
-            route_wait: Duration::from_millis(args.route_wait_ms),
-            claim_timeout: Duration::from_secs(args.claim_timeout),
-            startup_timeout: Duration::from_secs(args.startup_timeout),
-            max_sandboxes: args.max_sandboxes,
-        },
-        xds.clone(),
-        metrics.clone(),
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
-    let backend = Arc::new(backend);
+    let (backend, xds): (Arc<dyn Backend>, Option<RunningServer>) = match args.backend {
+        BackendKind::Local => {
+            let (b, running) = local_backend(&args, metrics.clone()).await?;
+            (b, Some(running))
+        }
+        BackendKind::Kube => (kube_backend(&args, metrics.clone()).await?, None),
+    };
     let ctx = AppCtx {
         backend: backend.clone(),
         keys,
@@ -124,11 +164,9 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("listen on {}", args.listen))?;
     tracing::info!(
         api = %listener.local_addr()?,
-        xds_grpc = %running.grpc_addr,
-        xds_http = %running.http_addr,
-        backend = "local",
+        backend = backend.name(),
+        xds = %xds.as_ref().map(|x| x.grpc_addr.to_string()).unwrap_or(args.xds_address.clone()),
         data_dir = %args.data_dir.display(),
-        runtime = %runtime_bin.display(),
         auth = args.enable_auth,
         "sandbox-manager serving"
     );
@@ -152,8 +190,10 @@ async fn main() -> anyhow::Result<()> {
         Duration::from_secs(310),
     )
     .await;
-    sandbox_manager::backend::Backend::shutdown(backend.as_ref()).await;
-    running.stop().await;
+    backend.shutdown().await;
+    if let Some(running) = xds {
+        running.stop().await;
+    }
     tracing::info!("sandbox-manager stopped");
     Ok(())
 }

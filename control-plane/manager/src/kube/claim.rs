@@ -1,0 +1,171 @@
+//! The claim engine's store for one create: the SandboxSet's pool in the watch cache, takes as
+//! resourceVersion-guarded merge patches (the marks shared with the controller,
+//! `sandbox_api::claim::Take`, plus the manager's: sandbox id, owner team, user metadata and
+//! labels, timeouts), creates on no stock from the set's current revision, and the route wait.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use sandbox_api::claim::{Take, new_sandbox_from_set};
+use sandbox_api::keys::*;
+use sandbox_api::{Sandbox, SandboxSet};
+use sandbox_core::{ClaimIdentity, Pool, SandboxStore, TakeError};
+use serde_json::{Value, json};
+
+use super::index::Index;
+use super::routes::RouteWaiter;
+
+/// How often a created sandbox is read again while the claim waits for it.
+const READY_POLL: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Serde(#[from] serde_json::Error),
+    #[error("{0}")]
+    Route(String),
+    #[error("SandboxSet {0} has no current revision yet; no sandbox can be created from it")]
+    NoRevision(String),
+}
+
+pub fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+/// What the manager writes on the sandbox it takes, besides the shared marks.
+#[derive(Debug, Clone, Default)]
+pub struct Marks {
+    pub owner: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub spec: serde_json::Map<String, Value>,
+}
+
+/// The store of one create.
+pub struct ManagerStore<'a> {
+    pub index: &'a Index,
+    pub api: Api<Sandbox>,
+    pub set: Arc<SandboxSet>,
+    pub marks: &'a Marks,
+    pub sandbox_id: &'a str,
+    pub routes: &'a RouteWaiter,
+    /// Counts creates on no stock.
+    pub on_create: &'a (dyn Fn() + Send + Sync),
+}
+
+impl ManagerStore<'_> {
+    fn take_of<'b>(&'b self, identity: &'b ClaimIdentity) -> Take<'b> {
+        let mut t = Take::new(identity, &self.marks.owner);
+        t.labels = self.marks.labels.clone();
+        t.annotations = self.marks.annotations.clone();
+        t.spec = self.marks.spec.clone();
+        t
+    }
+}
+
+#[async_trait]
+impl SandboxStore for ManagerStore<'_> {
+    type Sandbox = Arc<Sandbox>;
+    type Error = StoreError;
+
+    async fn pool(&self) -> Result<Pool<Arc<Sandbox>>, StoreError> {
+        let ns = self.set.namespace().unwrap_or_default();
+        Ok(Pool {
+            sandboxes: self.index.pool(&ns, &self.set.name_any()),
+            update_revision: self
+                .set
+                .status
+                .as_ref()
+                .and_then(|s| s.update_revision.clone()),
+        })
+    }
+
+    async fn take(
+        &self,
+        candidate: &Arc<Sandbox>,
+        identity: &ClaimIdentity,
+    ) -> Result<Arc<Sandbox>, TakeError<StoreError>> {
+        let patch = Patch::Merge(self.take_of(identity).patch(candidate));
+        match self
+            .api
+            .patch(&candidate.name_any(), &PatchParams::default(), &patch)
+            .await
+        {
+            Ok(updated) => {
+                self.index.wrote(&updated);
+                Ok(Arc::new(updated))
+            }
+            Err(e) if is_status(&e, 409) => Err(TakeError::Conflict),
+            Err(e) if is_status(&e, 404) => Err(TakeError::Gone),
+            Err(e) => Err(TakeError::Failed(e.into())),
+        }
+    }
+
+    /// A sandbox from the set's current revision (the controller computed it), already taken.
+    async fn create(&self, identity: &ClaimIdentity) -> Result<Arc<Sandbox>, StoreError> {
+        let revision = self
+            .set
+            .status
+            .as_ref()
+            .and_then(|s| s.update_revision.clone())
+            .ok_or_else(|| StoreError::NoRevision(self.set.name_any()))?;
+        let fresh = new_sandbox_from_set(&self.set, &revision);
+        let fresh = self.take_of(identity).apply_to_new(fresh)?;
+        let created = self.api.create(&PostParams::default(), &fresh).await?;
+        (self.on_create)();
+        self.index.wrote(&created);
+        Ok(Arc::new(created))
+    }
+
+    async fn refresh(&self, sandbox: &Arc<Sandbox>) -> Result<Option<Arc<Sandbox>>, StoreError> {
+        tokio::time::sleep(READY_POLL).await;
+        Ok(self.api.get_opt(&sandbox.name_any()).await?.map(Arc::new))
+    }
+
+    /// Label `reserved-failed-sandbox=true`: kept for inspection, hidden from the API.
+    async fn reserve(&self, sandbox: &Arc<Sandbox>) -> Result<(), StoreError> {
+        let patch = json!({"metadata": {"labels": {LABEL_RESERVED_FAILED_SANDBOX: "true"}}});
+        match self
+            .api
+            .patch(
+                &sandbox.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
+            Ok(updated) => {
+                self.index.wrote(&updated);
+                Ok(())
+            }
+            Err(e) if is_status(&e, 404) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete(&self, sandbox: &Arc<Sandbox>) -> Result<(), StoreError> {
+        match self
+            .api
+            .delete(&sandbox.name_any(), &DeleteParams::default())
+            .await
+        {
+            Err(e) if !is_status(&e, 404) => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every gateway routes the sandbox at the version the claim left it at.
+    async fn route(&self, sandbox: &Arc<Sandbox>) -> Result<(), StoreError> {
+        let rv = sandbox_core::ClaimableSandbox::version(sandbox).unwrap_or(0);
+        self.routes
+            .wait(self.sandbox_id, rv)
+            .await
+            .map_err(StoreError::Route)
+    }
+}

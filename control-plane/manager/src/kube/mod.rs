@@ -1,0 +1,548 @@
+//! The Kubernetes backend: sandboxes are Sandbox CRs claimed from SandboxSets (template id =
+//! SandboxSet name; a team's name is the namespace its templates live in, the admin team sees
+//! every namespace). Claims go through the claim engine shared with the controller
+//! (`sandbox-core`): pick from the watch cache, take with one resourceVersion-guarded patch,
+//! create on no stock, `/init`, and `WaitForRoute` on sandbox-xds before the 201. Pause and
+//! resume set `spec.paused` and wait for the controller; timeouts are `spec.shutdownTime` /
+//! `spec.pauseTime`, enforced by the controller. Replicas share nothing but the apiserver: the
+//! guarded take hands a sandbox to one of them only.
+
+mod claim;
+mod index;
+mod lifecycle;
+mod names;
+pub mod record;
+mod routes;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, DeleteParams};
+use kube::{Client, ResourceExt};
+use sandbox_api::Sandbox;
+use sandbox_api::keys::*;
+use sandbox_core::{
+    ClaimEngine, ClaimError, ClaimOptions, EngineConfig, HttpRuntimeInit, RetryPolicy,
+};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, Capabilities};
+use crate::local::runtime::RuntimeHttp;
+use crate::metrics::Metrics;
+use crate::model::{
+    BackendError, BackendResult, Caller, Connected, CreateSpec, Deadline, LogLine, MetricSample,
+    OnTimeout, Paused, SandboxId, SandboxRecord, SandboxState, SnapshotRecord, TemplateRecord,
+};
+
+use claim::{ManagerStore, Marks, is_status};
+use index::Index;
+use record::{ANNOTATION_RETURN_IP, ANNOTATION_TEAM_ID, record_of, template_of};
+use routes::RouteWaiter;
+
+/// How long "forever" is on a Sandbox spec (upstream: 100 years).
+const FOREVER: SignedDuration = SignedDuration::from_hours(24 * 365 * 100);
+
+/// Settings of the Kubernetes backend.
+#[derive(Debug, Clone)]
+pub struct KubeConfig {
+    /// Namespace to watch; `None`: every namespace.
+    pub namespace: Option<String>,
+    /// sandbox-xds's gRPC address (`http://host:port`), for `WaitForRoute`.
+    pub xds_address: String,
+    pub min_gateways: u32,
+    pub route_wait: Duration,
+    /// Bound of a claim without the `claim-timeout-seconds` extension.
+    pub claim_timeout: Duration,
+    /// Bound of a created sandbox's start without `wait-ready-timeout-seconds`.
+    pub wait_ready_timeout: Duration,
+    /// Picks and takes at once (upstream `maxClaimWorkers`).
+    pub workers: usize,
+    /// Creates on no stock per second and replica (upstream `maxCreateQPS`); 0: unlimited.
+    pub create_qps: f64,
+    /// How long pause and resume wait for the controller.
+    pub lifecycle_wait: Duration,
+}
+
+/// Sandboxes as Sandbox CRs.
+pub struct KubeBackend {
+    client: Client,
+    index: Index,
+    engine: ClaimEngine,
+    routes: RouteWaiter,
+    cfg: KubeConfig,
+    metrics: Arc<Metrics>,
+    http: RuntimeHttp,
+    shutdown: CancellationToken,
+}
+
+fn internal(e: impl std::fmt::Display) -> BackendError {
+    BackendError::Internal(e.to_string())
+}
+
+/// RFC 3339 at second precision, as upstream writes spec times.
+fn k8s_time(t: Timestamp) -> Value {
+    json!(t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+}
+
+fn retention_of(s: &Sandbox) -> SignedDuration {
+    s.annotations()
+        .get(ANNOTATION_RESERVE_PAUSED_SANDBOX_DURATION)
+        .and_then(|v| crate::extensions::parse_retention(v).ok())
+        .flatten()
+        .and_then(|d| SignedDuration::try_from(d).ok())
+        .unwrap_or(FOREVER)
+}
+
+/// Spec fields for a deadline `end`: auto-pause sandboxes pause at it and are deleted a
+/// retention later; others are deleted at it.
+fn deadline_spec(end: Timestamp, on_timeout: OnTimeout, retention: SignedDuration) -> Value {
+    match on_timeout {
+        OnTimeout::Kill => json!({"shutdownTime": k8s_time(end), "pauseTime": null}),
+        OnTimeout::Pause => json!({
+            "pauseTime": k8s_time(end),
+            "shutdownTime": k8s_time(end.checked_add(retention).unwrap_or(end)),
+        }),
+    }
+}
+
+impl KubeBackend {
+    /// Starts the watches and waits (at most 30 s) until they have listed.
+    pub async fn open(
+        client: Client,
+        cfg: KubeConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>, String> {
+        let shutdown = CancellationToken::new();
+        let index = Index::start(&client, cfg.namespace.as_deref(), shutdown.clone());
+        if !index.wait_synced(Duration::from_secs(30)).await {
+            return Err("the Sandbox and SandboxSet watches did not list within 30 s (CRDs installed? RBAC?)".into());
+        }
+        let routes = RouteWaiter::new(&cfg.xds_address, cfg.min_gateways, cfg.route_wait)?;
+        let engine = ClaimEngine::new(
+            EngineConfig {
+                workers: cfg.workers,
+                create_limit: (cfg.create_qps > 0.0)
+                    .then(|| (cfg.create_qps, cfg.create_qps.ceil().max(1.0) as u32)),
+            },
+            Arc::new(HttpRuntimeInit::new(Duration::from_secs(1))),
+        );
+        let backend = Arc::new(KubeBackend {
+            client,
+            index,
+            engine,
+            routes,
+            cfg,
+            metrics,
+            http: RuntimeHttp::default(),
+            shutdown,
+        });
+        backend.clone().spawn_gauges();
+        Ok(backend)
+    }
+
+    /// Pool and sandbox gauges, every 5 s.
+    fn spawn_gauges(self: Arc<Self>) {
+        let weak = Arc::downgrade(&self);
+        let stop = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                let Some(b) = weak.upgrade() else { break };
+                let now = Timestamp::now();
+                for set in b.index.sets(None) {
+                    let ns = set.namespace().unwrap_or_default();
+                    let n = b
+                        .index
+                        .pool(&ns, &set.name_any())
+                        .iter()
+                        .filter(|s| {
+                            sandbox_api::state::sandbox_state(s, now)
+                                == sandbox_api::state::SandboxState::Available
+                        })
+                        .count();
+                    b.metrics.set_pool_available(&set.name_any(), n);
+                }
+                let records: Vec<_> = b
+                    .index
+                    .claimed()
+                    .iter()
+                    .filter_map(|s| record_of(s, now))
+                    .collect();
+                let paused = records
+                    .iter()
+                    .filter(|r| r.state == SandboxState::Paused)
+                    .count();
+                b.metrics.set_sandboxes("running", records.len() - paused);
+                b.metrics.set_sandboxes("paused", paused);
+            }
+        });
+    }
+
+    fn api(&self, namespace: &str) -> Api<Sandbox> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// Where the caller's templates live: its team's namespace, or (admin) any watched one.
+    fn template_namespace<'a>(&'a self, caller: &'a Caller) -> Option<&'a str> {
+        if caller.admin {
+            self.cfg.namespace.as_deref()
+        } else {
+            Some(caller.team.name.as_str())
+        }
+    }
+
+    /// The caller's claimed sandbox `id`, as cached (404 for another team's).
+    fn find(&self, caller: &Caller, id: &SandboxId) -> BackendResult<Arc<Sandbox>> {
+        self.index
+            .by_id(id)
+            .filter(|s| record_of(s, Timestamp::now()).is_some_and(|r| caller.sees(&r.team_id)))
+            .ok_or_else(|| BackendError::sandbox_not_found(id))
+    }
+
+    /// [`Self::find`] for reads: a sandbox that just died (killed, expired) is reported gone
+    /// only once no gateway routes it any more, so a 404 here means the data plane agrees.
+    async fn find_live(&self, caller: &Caller, id: &SandboxId) -> BackendResult<Arc<Sandbox>> {
+        let found = self.find(caller, id);
+        if found.is_err()
+            && let Some(dead) = self.index.by_id(id)
+            && caller.sees(&record::team_of(&dead))
+            && let Err(e) = self.routes.wait_gone(id.as_str()).await
+        {
+            tracing::warn!(sandbox = %id, error = %e, "dead sandbox still routed");
+        }
+        found
+    }
+
+    /// The caller's sandbox read from the apiserver (for read-modify-write).
+    async fn fetch(&self, caller: &Caller, id: &SandboxId) -> BackendResult<Sandbox> {
+        let cached = self.find(caller, id)?;
+        let api = self.api(&cached.namespace().unwrap_or_default());
+        match api.get_opt(&cached.name_any()).await.map_err(internal)? {
+            Some(s)
+                if record::claimed_id(&s).as_ref() == Some(id)
+                    && record_of(&s, Timestamp::now()).is_some() =>
+            {
+                self.index.wrote(&s);
+                Ok(s)
+            }
+            _ => Err(BackendError::sandbox_not_found(id)),
+        }
+    }
+
+    fn record(&self, s: &Sandbox, id: &SandboxId) -> BackendResult<SandboxRecord> {
+        record_of(s, Timestamp::now()).ok_or_else(|| BackendError::sandbox_not_found(id))
+    }
+
+    /// What the manager writes on the sandbox it takes for `spec`.
+    fn marks(&self, spec: &CreateSpec, id: &SandboxId) -> Marks {
+        let mut m = Marks {
+            owner: spec.caller.key_id.clone(),
+            ..Default::default()
+        };
+        m.labels.insert(LABEL_SANDBOX_ID.into(), id.to_string());
+        m.labels.extend(spec.labels.clone());
+        // Every metadata entry in one annotation (E2B allows any key); the ones that are valid
+        // annotation names also on their own, for kubectl and selectors.
+        m.annotations.extend(
+            spec.metadata
+                .iter()
+                .filter(|(k, _)| names::qualified_name(k))
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
+        m.annotations.insert(
+            record::ANNOTATION_METADATA.into(),
+            serde_json::to_string(&spec.metadata).unwrap_or_default(),
+        );
+        m.annotations
+            .insert(ANNOTATION_TEAM_ID.into(), spec.caller.team.id.clone());
+        if spec.extensions.return_sandbox_ip {
+            m.annotations
+                .insert(ANNOTATION_RETURN_IP.into(), "true".into());
+        }
+        let retention = spec.extensions.reserve_paused_for;
+        m.annotations.insert(
+            ANNOTATION_RESERVE_PAUSED_SANDBOX_DURATION.into(),
+            retention
+                .map(|d| format!("{}s", d.as_secs()))
+                .unwrap_or_else(|| "forever".into()),
+        );
+        m.annotations.insert(
+            ANNOTATION_UPDATED_METADATA_IN_CLAIM.into(),
+            json!({
+                "labels": spec.labels.keys().collect::<Vec<_>>(),
+                "annotations": spec.metadata.keys().filter(|k| names::qualified_name(k)).collect::<Vec<_>>(),
+            })
+            .to_string(),
+        );
+        let spec_fields = if spec.extensions.never_timeout {
+            json!({"shutdownTime": null, "pauseTime": null})
+        } else {
+            let end = Timestamp::now()
+                .checked_add(SignedDuration::try_from(spec.timeout).unwrap_or(FOREVER))
+                .unwrap_or(Timestamp::MAX);
+            let retention = retention
+                .and_then(|d| SignedDuration::try_from(d).ok())
+                .unwrap_or(FOREVER);
+            deadline_spec(end, spec.lifecycle.on_timeout, retention)
+        };
+        if let Value::Object(o) = spec_fields {
+            m.spec = o;
+        }
+        m
+    }
+
+    /// Refuses labels Kubernetes would, and the extension keys this backend does not carry out
+    /// yet, naming them.
+    fn check_extensions(spec: &CreateSpec) -> BackendResult<()> {
+        for (k, v) in &spec.labels {
+            if !names::qualified_name(k) || !names::label_value(v) {
+                return Err(BackendError::BadRequest(format!(
+                    "Bad extension param: label:{k}={v:?} is not a valid Kubernetes label"
+                )));
+            }
+        }
+        let k = &spec.extensions.kube;
+        let unsupported: [(&str, bool); 7] = [
+            ("image", k.image.is_some()),
+            ("cpu-request", k.cpu_request.is_some()),
+            ("cpu-limit", k.cpu_limit.is_some()),
+            ("csi-volume-name", k.csi_volume_name.is_some()),
+            ("csi-volume-config", k.csi_volume_config.is_some()),
+            ("sandbox-name", k.sandbox_name.is_some()),
+            ("sandbox-generate-name", k.sandbox_generate_name.is_some()),
+        ];
+        match unsupported.iter().find(|(_, set)| *set) {
+            Some((key, _)) => Err(BackendError::BadRequest(format!(
+                "Bad extension param: {}{key} is not supported by this sandbox-manager yet",
+                crate::extensions::PREFIX
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn claim_options(&self, spec: &CreateSpec) -> ClaimOptions {
+        let k = &spec.extensions.kube;
+        let reserve = match k.reserve_failed_sandbox_for.as_deref() {
+            Some("never") => false,
+            Some(_) => true,
+            None => k.reserve_failed_sandbox.as_deref() == Some("true"),
+        };
+        ClaimOptions {
+            init_env: (!spec.extensions.skip_init_runtime).then(|| spec.env_vars.clone()),
+            create_on_no_stock: spec.extensions.create_on_no_stock,
+            reserve_failed: reserve,
+            wait_ready_timeout: spec
+                .extensions
+                .wait_ready_timeout
+                .unwrap_or(self.cfg.wait_ready_timeout),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for KubeBackend {
+    fn name(&self) -> &'static str {
+        "kube"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            kubernetes: true,
+            egress_rules: false,
+            auto_resume: false,
+        }
+    }
+
+    async fn create(&self, spec: CreateSpec) -> BackendResult<SandboxRecord> {
+        Self::check_extensions(&spec)?;
+        let ns = self.template_namespace(&spec.caller);
+        let set = self
+            .index
+            .sets_named(ns, &spec.template_id)
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                BackendError::NotFound(format!("template {} not found", spec.template_id))
+            })?;
+        let id = SandboxId::random();
+        let marks = self.marks(&spec, &id);
+        let metrics = self.metrics.clone();
+        let on_create = move || metrics.observe_stage("create_on_no_stock", Duration::ZERO);
+        let store = ManagerStore {
+            index: &self.index,
+            api: self.api(&set.namespace().unwrap_or_default()),
+            set,
+            marks: &marks,
+            sandbox_id: id.as_str(),
+            routes: &self.routes,
+            on_create: &on_create,
+        };
+        let timeout = spec
+            .extensions
+            .claim_timeout
+            .unwrap_or(self.cfg.claim_timeout);
+        let report = self
+            .engine
+            .claim(
+                &store,
+                &self.claim_options(&spec),
+                &RetryPolicy::upstream(Some(timeout)),
+            )
+            .await;
+        for (stage, d) in report.timings.stages() {
+            self.metrics.observe_stage(stage, d);
+        }
+        match report.outcome {
+            Ok(claimed) => self.record(&claimed.sandbox, &id),
+            Err(e @ (ClaimError::NoStock | ClaimError::RateLimited)) => {
+                Err(BackendError::Unavailable {
+                    message: format!(
+                        "template {}: {e} (after {} attempts within {timeout:?})",
+                        spec.template_id, report.attempts
+                    ),
+                    retry_after: Duration::from_secs(1),
+                })
+            }
+            Err(e) => Err(BackendError::Internal(format!(
+                "claim from template {}: {e}",
+                spec.template_id
+            ))),
+        }
+    }
+
+    async fn get(&self, caller: &Caller, id: &SandboxId) -> BackendResult<SandboxRecord> {
+        let s = self.find_live(caller, id).await?;
+        self.record(&s, id)
+    }
+
+    async fn list(&self, caller: &Caller) -> BackendResult<Vec<SandboxRecord>> {
+        let now = Timestamp::now();
+        Ok(self
+            .index
+            .claimed()
+            .iter()
+            .filter_map(|s| record_of(s, now))
+            .filter(|r| caller.sees(&r.team_id))
+            .collect())
+    }
+
+    async fn kill(&self, caller: &Caller, id: &SandboxId) -> BackendResult<()> {
+        let s = self.find(caller, id)?;
+        let api = self.api(&s.namespace().unwrap_or_default());
+        match api.delete(&s.name_any(), &DeleteParams::default()).await {
+            Ok(either) => {
+                if let Some(deleting) = either.left() {
+                    self.index.wrote(&deleting);
+                } else {
+                    // Gone at once (no finalizer): mark it so reads stop showing it.
+                    let mut gone = (*s).clone();
+                    gone.metadata.deletion_timestamp = Some(
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+                    );
+                    gone.metadata.resource_version = Some(u64::MAX.to_string());
+                    self.index.wrote(&gone);
+                }
+                // Answer once no gateway routes it (the controller deletes the pod meanwhile).
+                if let Err(e) = self.routes.wait_gone(id.as_str()).await {
+                    tracing::warn!(sandbox = %id, error = %e, "killed sandbox still routed");
+                }
+                Ok(())
+            }
+            Err(e) if is_status(&e, 404) => Err(BackendError::sandbox_not_found(id)),
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    async fn set_deadline(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        deadline: Deadline,
+    ) -> BackendResult<SandboxRecord> {
+        lifecycle::set_deadline(self, caller, id, deadline).await
+    }
+
+    async fn pause(&self, caller: &Caller, id: &SandboxId) -> BackendResult<Paused> {
+        lifecycle::pause(self, caller, id).await
+    }
+
+    async fn connect(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        timeout: Duration,
+    ) -> BackendResult<(SandboxRecord, Connected)> {
+        lifecycle::connect(self, caller, id, timeout).await
+    }
+
+    async fn metrics(&self, caller: &Caller, id: &SandboxId) -> BackendResult<Vec<MetricSample>> {
+        let r = self.get(caller, id).await?;
+        match (r.ip, r.state) {
+            (Some(IpAddr::V4(ip)), SandboxState::Running) => Ok(vec![
+                self.http
+                    .metrics(ip, r.envd_access_token.as_deref())
+                    .await?,
+            ]),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Sandbox logs are not collected on Kubernetes yet (the pod's log is the place to look).
+    async fn logs(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        _limit: usize,
+    ) -> BackendResult<Vec<LogLine>> {
+        self.find(caller, id)?;
+        Ok(Vec::new())
+    }
+
+    async fn snapshot(
+        &self,
+        caller: &Caller,
+        id: &SandboxId,
+        _name: Option<String>,
+    ) -> BackendResult<SnapshotRecord> {
+        self.find(caller, id)?;
+        Err(BackendError::BadRequest(
+            "snapshots (Checkpoint CRs) are not supported by this sandbox-manager's kube backend yet"
+                .into(),
+        ))
+    }
+
+    async fn list_snapshots(&self, _caller: &Caller) -> BackendResult<Vec<SnapshotRecord>> {
+        Ok(Vec::new())
+    }
+
+    async fn delete_snapshot(&self, _caller: &Caller, _id: &str) -> BackendResult<bool> {
+        Ok(false)
+    }
+
+    async fn templates(&self, caller: &Caller) -> BackendResult<Vec<TemplateRecord>> {
+        Ok(self
+            .index
+            .sets(self.template_namespace(caller))
+            .iter()
+            .map(|s| template_of(s))
+            .collect())
+    }
+
+    async fn ready(&self) -> Result<(), String> {
+        if !self.index.wait_synced(Duration::from_millis(10)).await {
+            return Err("watches not synced".into());
+        }
+        self.routes.reachable().await
+    }
+
+    async fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+}
