@@ -303,12 +303,21 @@ impl Kernel {
     }
 
     /// Sends `kernel_info_request`s until one is answered on the shell channel and its `status`
-    /// arrived on IOPub (the subscription is live).
+    /// arrived on IOPub (the subscription is live). A send refused because ZeroMQ has not
+    /// finished connecting to the kernel's socket yet ("not connected to peers": the socket file
+    /// exists a moment before the kernel accepts) is tried again; the caller bounds the wait.
     async fn wait_ready(&self) -> Result<(), KernelError> {
         loop {
             let request: JupyterMessage = KernelInfoRequest {}.into();
             let mut pending = self.routes.register(request.header.msg_id.clone())?;
-            self.send_shell(request).await?;
+            if let Err(e) = self.send_shell(request).await {
+                if let Some(why) = self.exit.borrow().clone() {
+                    return Err(KernelError::Died(why));
+                }
+                tracing::debug!(kernel = %self.name, error = %e, "kernel not reachable yet; trying again");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
             let (mut replied, mut iopub) = (false, false);
             let round = tokio::time::sleep(Duration::from_secs(1));
             tokio::pin!(round);
