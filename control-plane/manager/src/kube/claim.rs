@@ -55,8 +55,6 @@ pub struct ManagerStore<'a> {
     pub marks: &'a Marks,
     pub sandbox_id: &'a str,
     pub routes: &'a RouteWaiter,
-    /// Counts creates on no stock.
-    pub on_create: &'a (dyn Fn() + Send + Sync),
 }
 
 impl ManagerStore<'_> {
@@ -118,7 +116,6 @@ impl SandboxStore for ManagerStore<'_> {
         let fresh = new_sandbox_from_set(&self.set, &revision);
         let fresh = self.take_of(identity).apply_to_new(fresh)?;
         let created = self.api.create(&PostParams::default(), &fresh).await?;
-        (self.on_create)();
         self.index.wrote(&created);
         Ok(Arc::new(created))
     }

@@ -373,8 +373,6 @@ impl Backend for KubeBackend {
             })?;
         let id = SandboxId::random();
         let marks = self.marks(&spec, &id);
-        let metrics = self.metrics.clone();
-        let on_create = move || metrics.observe_stage("create_on_no_stock", Duration::ZERO);
         let store = ManagerStore {
             index: &self.index,
             api: self.api(&set.namespace().unwrap_or_default()),
@@ -382,7 +380,6 @@ impl Backend for KubeBackend {
             marks: &marks,
             sandbox_id: id.as_str(),
             routes: &self.routes,
-            on_create: &on_create,
         };
         let timeout = spec
             .extensions
