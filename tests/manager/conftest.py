@@ -62,6 +62,9 @@ def processes_mentioning(text: str) -> list[str]:
     return out
 
 
+_STACKS = 0
+
+
 @dataclass
 class Stack:
     run_dir: Path
@@ -75,6 +78,12 @@ class Stack:
         # No warm code-interpreter sandbox unless a test asks for one (kernels cost CPU and
         # memory; tests/code-interpreter sets its own pool).
         defaults = {"POOL_SIZE": str(pool_size), "CODE_INTERPRETER_POOL_SIZE": "0"}
+        # Local stacks running at once get address ranges of their own (the session's keeps the
+        # default 127.1.0.0/16), so no two managers hand out one loopback address.
+        global _STACKS
+        _STACKS += 1
+        if KIND == "local" and _STACKS > 1:
+            defaults["ADDRESS_RANGE"] = f"127.{10 + _STACKS % 200}.0.0/16"
         s = cls(run_dir=Path(run_dir), extra_env={**defaults, **extra_env})
         s.ports = {k: free_port() for k in ("API_PORT", "GATEWAY_PORT", "XDS_PORT", "XDS_HTTP_PORT", "ENVOY_ADMIN_PORT")}
         for i in range(1, int(s.extra_env.get("MANAGER_REPLICAS", "1"))):

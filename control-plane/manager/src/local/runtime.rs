@@ -241,6 +241,13 @@ impl Launcher {
             proc.kill().await;
             return Err(e);
         }
+        // The answer may come from another runtime on the same address (another manager on this
+        // machine took it between our probe and our bind, and ours exited): only ours knows the
+        // marker.
+        if let Err(e) = http.verify_marker(ip, &proc.marker).await {
+            proc.kill().await;
+            return Err(e);
+        }
         for svc in &opts.services {
             if let Err(e) = self
                 .start_service(svc, &mut proc, &workdir, opts, http)
@@ -496,6 +503,28 @@ impl RuntimeHttp {
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether the runtime answering on `ip` is the one started with `marker` (its default env
+    /// vars carry it; `GET /envs` needs no token before `/init`).
+    pub async fn verify_marker(&self, ip: Ipv4Addr, marker: &str) -> Result<(), String> {
+        let (status, body) = self
+            .call(
+                http::Method::GET,
+                Self::url(ip, "/envs"),
+                Bytes::new(),
+                None,
+                Duration::from_secs(2),
+            )
+            .await?;
+        let envs: BTreeMap<String, String> = serde_json::from_slice(&body).unwrap_or_default();
+        if status.is_success() && envs.get(MARKER_VAR).map(String::as_str) == Some(marker) {
+            Ok(())
+        } else {
+            Err(format!(
+                "another runtime answers on {ip}:{ENVD_PORT} (this one did not get the address)"
+            ))
         }
     }
 
