@@ -200,10 +200,12 @@ pub async fn connect(
             break;
         }
         if phase(&s) != Some(SandboxPhase::Paused) {
-            return Err(BackendError::Conflict(format!(
-                "sandbox {id} is pausing (phase {}); connect again once it is paused",
-                phase(&s).map(|p| p.as_str()).unwrap_or("unknown")
-            )));
+            // Pausing (an auto-pause or another caller): let it finish, then resume.
+            wait_for(b, caller, id, b.cfg.lifecycle_wait, "finish pausing", |s| {
+                Ok(!s.spec.paused || phase(s) == Some(SandboxPhase::Paused))
+            })
+            .await?;
+            continue;
         }
         let mut spec = match r.end_at {
             None => json!({}),
