@@ -130,7 +130,7 @@ ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(dirname "$SANDBOX_GATEWAY_MODULE") \
     --base-id "$gw_port" >"$run_dir/envoy.log" 2>&1 &
 pids+=($!)
 
-# 6. The managers: one admin key, a key store each (API keys in a Secret are not built yet).
+# 6. The managers: one admin key; API keys in Secret sandbox-system/e2b-key-store, shared.
 rm -f "$run_dir"/manager-*.log
 key=e2b_$(head -c 20 /dev/urandom | od -An -tx1 | tr -d ' \n')
 port_of() { local v=API_PORT_$1; echo "${!v:-$((api_port + $1))}"; }

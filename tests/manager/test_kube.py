@@ -175,3 +175,22 @@ def ready(stack, replica) -> bool:
             return r.read() == b"ready"
     except OSError:
         return False
+
+
+def test_keys_live_in_a_secret_shared_by_the_replicas(stack):
+    """A key created through one replica authenticates on the other (its watch of Secret
+    e2b-key-store), one deleted through the other stops working on the first, and the Secret
+    holds digests, never a key."""
+    status, created, _ = stack.request("POST", "/api-keys", {"name": "shared"}, base=stack.replica_url(0))
+    assert status == 201, created
+    raw, key_id = created["key"], created["id"]
+    wait_until(lambda: stack.request("GET", "/v2/sandboxes", key=raw, base=stack.replica_url(1))[0] == 200,
+               timeout=30, what="replica 1 to accept a key created through replica 0")
+    secret = json.loads(kubectl("get", "secret", "e2b-key-store", "-n", "sandbox-system", "-o", "json"))
+    import base64
+    doc = base64.b64decode(secret["data"]["keys.json"]).decode()
+    assert key_id in doc and raw not in doc and raw[4:] not in doc
+    status, body, _ = stack.request("DELETE", f"/api-keys/{key_id}", base=stack.replica_url(1))
+    assert status in (200, 204), body
+    wait_until(lambda: stack.request("GET", "/v2/sandboxes", key=raw, base=stack.replica_url(0))[0] == 401,
+               timeout=30, what="replica 0 to refuse the deleted key")

@@ -14,6 +14,14 @@ pub enum BackendKind {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum KeyStoreKind {
+    /// `keys.json` in the data directory (one manager).
+    File,
+    /// Secret `e2b-key-store` in the system namespace, shared by every replica.
+    Secret,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Json,
     Text,
@@ -45,6 +53,17 @@ pub struct Args {
     /// on first start (file `admin-api-key`, mode 0600).
     #[arg(long, env = "E2B_ADMIN_API_KEY", hide_env_values = true)]
     pub admin_api_key: Option<String>,
+    /// Where API keys and teams are kept (default: `file` with the local backend, `secret` with
+    /// kube; `secret` needs --admin-api-key).
+    #[arg(long, env = "SANDBOX_MANAGER_KEY_STORE", value_enum)]
+    pub key_store: Option<KeyStoreKind>,
+    /// Namespace of the key store Secret.
+    #[arg(
+        long,
+        env = "SANDBOX_MANAGER_SYSTEM_NAMESPACE",
+        default_value = "sandbox-system"
+    )]
+    pub system_namespace: String,
     /// Require X-API-Key (false: every request acts as the admin team, as upstream's
     /// e2b.enableAuth=false).
     #[arg(long, env = "E2B_ENABLE_AUTH", default_value_t = true, action = clap::ArgAction::Set)]
@@ -153,6 +172,14 @@ pub struct Args {
 }
 
 impl Args {
+    /// The key store: the flag, else `secret` with the kube backend and `file` with local.
+    pub fn key_store(&self) -> KeyStoreKind {
+        self.key_store.unwrap_or(match self.backend {
+            BackendKind::Kube => KeyStoreKind::Secret,
+            BackendKind::Local => KeyStoreKind::File,
+        })
+    }
+
     /// The agent-runtime binary: the flag, else `agent-runtime` next to this executable, else
     /// the name (looked up on PATH).
     pub fn runtime_bin(&self) -> PathBuf {

@@ -1,10 +1,12 @@
 //! API keys and teams. Keys are shaped `e2b_<40 hex>` (every SDK version accepts that shape) and
 //! stored only as SHA-256 digests; a key's raw value is shown once, when it is created. Each key
-//! belongs to a team; the admin team manages every team. The local store keeps them in
-//! `keys.json` in the data directory; a Kubernetes store (a Secret) implements the same trait.
+//! belongs to a team; the admin team manages every team. [`KeyBook`] holds the rules; where its
+//! document lives is a [`DocStorage`]: `keys.json` in the data directory ([`FileStorage`]), or a
+//! Secret shared by every manager replica (`kube::keys::SecretStorage`). Writes are
+//! read-modify-write, guarded by the version read, so replicas never lose each other's keys.
 
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use jiff::Timestamp;
@@ -142,18 +144,62 @@ pub trait KeyStore: Send + Sync + 'static {
     async fn delete(&self, caller: &Caller, id: &str) -> Result<(), KeyError>;
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-struct KeysDocument {
-    teams: Vec<Team>,
-    keys: Vec<KeyRecord>,
+/// Every team and key (digests only): what a [`DocStorage`] keeps.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct KeysDocument {
+    pub teams: Vec<Team>,
+    pub keys: Vec<KeyRecord>,
 }
 
-/// Keys and teams in `keys.json` of the data directory.
-#[derive(Debug)]
-pub struct FileKeyStore {
-    path: PathBuf,
-    doc: RwLock<KeysDocument>,
+/// Where the keys document is kept. `load` returns it with an opaque version; `save` writes it
+/// only over that version and answers `false` when it changed meanwhile (read again).
+#[async_trait]
+pub trait DocStorage: Send + Sync + 'static {
+    async fn load(&self) -> Result<(KeysDocument, String), KeyError>;
+    async fn save(&self, doc: &KeysDocument, version: &str) -> Result<bool, KeyError>;
 }
+
+/// `keys.json` in the data directory (one manager owns it).
+#[derive(Debug)]
+pub struct FileStorage {
+    path: PathBuf,
+}
+
+impl FileStorage {
+    pub fn new(data_dir: &Path) -> Self {
+        FileStorage {
+            path: data_dir.join("keys.json"),
+        }
+    }
+}
+
+#[async_trait]
+impl DocStorage for FileStorage {
+    async fn load(&self) -> Result<(KeysDocument, String), KeyError> {
+        let doc = store::read_json(&self.path)
+            .map_err(|e| KeyError::Internal(e.to_string()))?
+            .unwrap_or_default();
+        Ok((doc, String::new()))
+    }
+
+    async fn save(&self, doc: &KeysDocument, _version: &str) -> Result<bool, KeyError> {
+        store::write_json(&self.path, doc).map_err(|e| KeyError::Internal(e.to_string()))?;
+        Ok(true)
+    }
+}
+
+/// How often a write is tried again when the stored document changed under it.
+const COMMIT_ATTEMPTS: usize = 8;
+
+/// Keys and teams: the rules, an in-memory copy for authentication, and the storage behind.
+#[derive(Debug)]
+pub struct KeyBook<S> {
+    storage: S,
+    doc: Arc<RwLock<KeysDocument>>,
+}
+
+/// The embedded backend's store.
+pub type FileKeyStore = KeyBook<FileStorage>;
 
 /// A team name: what upstream allows for a namespace (lowercase DNS label), no `--`.
 fn valid_team_name(name: &str) -> bool {
@@ -168,47 +214,78 @@ fn valid_team_name(name: &str) -> bool {
 }
 
 impl FileKeyStore {
-    /// Opens (or creates) the store and makes sure the admin team and key exist with
-    /// `admin_raw` as the admin key.
-    pub fn open(data_dir: &Path, admin_raw: &str) -> Result<FileKeyStore, store::StoreError> {
-        let path = data_dir.join("keys.json");
-        let mut doc: KeysDocument = store::read_json(&path)?.unwrap_or_default();
-        if !doc.teams.iter().any(|t| t.id == ADMIN_TEAM_ID) {
-            doc.teams.push(admin_team());
-        }
-        let admin = KeyRecord {
-            id: ADMIN_KEY_ID.into(),
-            name: "admin".into(),
-            team_id: ADMIN_TEAM_ID.into(),
-            sha256: digest(admin_raw),
-            mask: KeyMask::of(admin_raw),
-            created_at: doc
-                .keys
-                .iter()
-                .find(|k| k.id == ADMIN_KEY_ID)
-                .map(|k| k.created_at)
-                .unwrap_or_else(Timestamp::now),
-            created_by: None,
+    /// Opens (or creates) `keys.json` in `data_dir` with `admin_raw` as the admin key.
+    pub async fn open_dir(data_dir: &Path, admin_raw: &str) -> Result<FileKeyStore, KeyError> {
+        KeyBook::open(FileStorage::new(data_dir), admin_raw).await
+    }
+}
+
+/// Puts the admin team and key (with `admin_raw`'s digest) into `doc`.
+fn upsert_admin(doc: &mut KeysDocument, admin_raw: &str) {
+    if !doc.teams.iter().any(|t| t.id == ADMIN_TEAM_ID) {
+        doc.teams.push(admin_team());
+    }
+    let admin = KeyRecord {
+        id: ADMIN_KEY_ID.into(),
+        name: "admin".into(),
+        team_id: ADMIN_TEAM_ID.into(),
+        sha256: digest(admin_raw),
+        mask: KeyMask::of(admin_raw),
+        created_at: doc
+            .keys
+            .iter()
+            .find(|k| k.id == ADMIN_KEY_ID)
+            .map(|k| k.created_at)
+            .unwrap_or_else(Timestamp::now),
+        created_by: None,
+    };
+    doc.keys.retain(|k| k.id != ADMIN_KEY_ID);
+    doc.keys.insert(0, admin);
+}
+
+impl<S: DocStorage> KeyBook<S> {
+    /// Opens the store and makes sure the admin team and key exist with `admin_raw` as the
+    /// admin key (replicas racing at start-up all succeed: the write is guarded).
+    pub async fn open(storage: S, admin_raw: &str) -> Result<Self, KeyError> {
+        let book = KeyBook {
+            storage,
+            doc: Arc::new(RwLock::new(KeysDocument::default())),
         };
-        doc.keys.retain(|k| k.id != ADMIN_KEY_ID);
-        doc.keys.insert(0, admin);
-        store::write_json(&path, &doc)?;
-        Ok(FileKeyStore {
-            path,
-            doc: RwLock::new(doc),
+        book.commit(|doc| {
+            upsert_admin(doc, admin_raw);
+            Ok(())
         })
+        .await?;
+        Ok(book)
     }
 
-    fn save(&self, doc: &KeysDocument) -> Result<(), KeyError> {
-        store::write_json(&self.path, doc).map_err(|e| KeyError::Internal(e.to_string()))
+    /// The in-memory copy, for a watch of the storage to replace when another replica writes.
+    pub fn shared(&self) -> Arc<RwLock<KeysDocument>> {
+        self.doc.clone()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, KeysDocument> {
         self.doc.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, KeysDocument> {
-        self.doc.write().unwrap_or_else(|e| e.into_inner())
+    /// Reads the stored document, changes it with `f`, and writes it over the version read
+    /// (again from a fresh read when another writer got there first); then it is current here.
+    /// An error from `f` writes nothing.
+    async fn commit<T>(
+        &self,
+        f: impl Fn(&mut KeysDocument) -> Result<T, KeyError>,
+    ) -> Result<T, KeyError> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            let (mut doc, version) = self.storage.load().await?;
+            let out = f(&mut doc)?;
+            if self.storage.save(&doc, &version).await? {
+                *self.doc.write().unwrap_or_else(|e| e.into_inner()) = doc;
+                return Ok(out);
+            }
+        }
+        Err(KeyError::Internal(
+            "the key store kept changing under this write; try again".into(),
+        ))
     }
 }
 
@@ -220,22 +297,8 @@ fn team_of(doc: &KeysDocument, id: &str) -> Team {
         .unwrap_or_else(admin_team)
 }
 
-/// Changes `doc` in a copy, saves it, and only then makes it current: a failed write changes
-/// nothing.
-fn commit<T>(
-    store: &FileKeyStore,
-    f: impl FnOnce(&mut KeysDocument) -> Result<T, KeyError>,
-) -> Result<T, KeyError> {
-    let mut guard = store.write();
-    let mut next = guard.clone();
-    let out = f(&mut next)?;
-    store.save(&next)?;
-    *guard = next;
-    Ok(out)
-}
-
 #[async_trait]
-impl KeyStore for FileKeyStore {
+impl<S: DocStorage> KeyStore for KeyBook<S> {
     async fn authenticate(&self, raw: &str) -> Option<Caller> {
         if !well_formed(raw) {
             return None;
@@ -298,7 +361,7 @@ impl KeyStore for FileKeyStore {
             )));
         }
         let raw = new_raw_key();
-        commit(self, |doc| {
+        self.commit(|doc| {
             let team = match team_name {
                 None => caller.team.clone(),
                 Some(t) if t == caller.team.name => caller.team.clone(),
@@ -335,6 +398,7 @@ impl KeyStore for FileKeyStore {
                 raw: raw.clone(),
             })
         })
+        .await
     }
 
     async fn rename(&self, caller: &Caller, id: &str, name: &str) -> Result<KeyRecord, KeyError> {
@@ -342,7 +406,7 @@ impl KeyStore for FileKeyStore {
         if name.is_empty() {
             return Err(KeyError::BadRequest("api-key name is required".into()));
         }
-        commit(self, |doc| {
+        self.commit(|doc| {
             let key = doc
                 .keys
                 .iter_mut()
@@ -351,6 +415,7 @@ impl KeyStore for FileKeyStore {
             key.name = name.to_string();
             Ok(key.clone())
         })
+        .await
     }
 
     async fn delete(&self, caller: &Caller, id: &str) -> Result<(), KeyError> {
@@ -359,7 +424,7 @@ impl KeyStore for FileKeyStore {
                 "the well-known admin api-key cannot be deleted".into(),
             ));
         }
-        commit(self, |doc| {
+        self.commit(|doc| {
             let before = doc.keys.len();
             doc.keys
                 .retain(|k| !(k.id == id && caller.sees(&k.team_id)));
@@ -368,6 +433,7 @@ impl KeyStore for FileKeyStore {
             }
             Ok(())
         })
+        .await
     }
 }
 
@@ -407,7 +473,9 @@ mod tests {
     async fn keys_are_stored_hashed_and_scoped_by_team() {
         let dir = tempfile::tempdir().unwrap();
         let admin_raw = new_raw_key();
-        let s = FileKeyStore::open(dir.path(), &admin_raw).unwrap();
+        let s = FileKeyStore::open_dir(dir.path(), &admin_raw)
+            .await
+            .unwrap();
         let admin = s.authenticate(&admin_raw).await.unwrap();
         assert!(admin.admin);
         assert!(s.authenticate("e2b_nope").await.is_none());
@@ -437,10 +505,53 @@ mod tests {
         // Reopened: everything survives, and the admin key may change.
         drop(s);
         let new_admin = new_raw_key();
-        let s = FileKeyStore::open(dir.path(), &new_admin).unwrap();
+        let s = FileKeyStore::open_dir(dir.path(), &new_admin)
+            .await
+            .unwrap();
         assert!(s.authenticate(&k.raw).await.is_some());
         assert!(s.authenticate(&admin_raw).await.is_none());
         assert!(s.authenticate(&new_admin).await.unwrap().admin);
+    }
+
+    /// A storage whose first `conflicts` saves lose to another writer.
+    #[derive(Debug)]
+    struct Contended {
+        inner: FileStorage,
+        conflicts: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl DocStorage for Contended {
+        async fn load(&self) -> Result<(KeysDocument, String), KeyError> {
+            self.inner.load().await
+        }
+        async fn save(&self, doc: &KeysDocument, version: &str) -> Result<bool, KeyError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self
+                .conflicts
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Ok(false);
+            }
+            self.inner.save(doc, version).await
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_that_lose_a_race_are_read_again_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin_raw = new_raw_key();
+        let contended = |n: usize| Contended {
+            inner: FileStorage::new(dir.path()),
+            conflicts: n.into(),
+        };
+        let s = KeyBook::open(contended(3), &admin_raw).await.unwrap();
+        assert!(s.authenticate(&admin_raw).await.unwrap().admin);
+        let err = KeyBook::open(contended(COMMIT_ATTEMPTS), &admin_raw)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, KeyError::Internal(_)), "{err:?}");
     }
 
     #[test]

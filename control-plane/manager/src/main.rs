@@ -4,11 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Parser;
 use sandbox_manager::api::{self, ApiConfig, AppCtx};
 use sandbox_manager::backend::Backend;
-use sandbox_manager::config::{Args, BackendKind, LogFormat};
+use sandbox_manager::config::{Args, BackendKind, KeyStoreKind, LogFormat};
+use sandbox_manager::kube::keys::SecretStorage;
 use sandbox_manager::kube::{KubeBackend, KubeConfig};
 use sandbox_manager::local::{LocalBackend, LocalConfig, templates};
 use sandbox_manager::{idempotency::Idempotency, keys, metrics::Metrics};
@@ -71,10 +72,11 @@ async fn local_backend(
 
 /// Sandbox CRs through the apiserver (KUBECONFIG, else the in-cluster config), routes through
 /// an external sandbox-xds.
-async fn kube_backend(args: &Args, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn Backend>> {
-    let client = kube::Client::try_default()
-        .await
-        .context("Kubernetes client (KUBECONFIG or in-cluster)")?;
+async fn kube_backend(
+    args: &Args,
+    client: kube::Client,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Arc<dyn Backend>> {
     let backend = KubeBackend::open(
         client,
         KubeConfig {
@@ -135,10 +137,39 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(sandboxes = n, "leftover sandbox processes killed");
         return Ok(());
     }
+    let store_kind = args.key_store();
+    if store_kind == KeyStoreKind::Secret && args.admin_api_key.is_none() {
+        bail!(
+            "--admin-api-key (E2B_ADMIN_API_KEY) is required with the Secret key store: every replica must write the same admin key"
+        );
+    }
     let admin = keys::admin_key(&args.data_dir, args.admin_api_key.as_deref())
         .map_err(anyhow::Error::msg)?;
-    let keys =
-        Arc::new(keys::FileKeyStore::open(&args.data_dir, &admin).context("open the key store")?);
+    let shutdown = CancellationToken::new();
+    let client = if args.backend == BackendKind::Kube || store_kind == KeyStoreKind::Secret {
+        Some(
+            kube::Client::try_default()
+                .await
+                .context("Kubernetes client (KUBECONFIG or in-cluster)")?,
+        )
+    } else {
+        None
+    };
+    let keys: Arc<dyn keys::KeyStore> = match (store_kind, &client) {
+        (KeyStoreKind::Secret, Some(client)) => {
+            let storage = SecretStorage::new(client.clone(), &args.system_namespace);
+            let book = keys::KeyBook::open(storage.clone(), &admin)
+                .await
+                .context("open the key store Secret")?;
+            storage.watch(book.shared(), shutdown.clone());
+            Arc::new(book)
+        }
+        _ => Arc::new(
+            keys::FileKeyStore::open_dir(&args.data_dir, &admin)
+                .await
+                .context("open the key store")?,
+        ),
+    };
     let metrics = Arc::new(Metrics::new());
 
     let (backend, xds): (Arc<dyn Backend>, Option<RunningServer>) = match args.backend {
@@ -146,7 +177,10 @@ async fn main() -> anyhow::Result<()> {
             let (b, running) = local_backend(&args, metrics.clone()).await?;
             (b, Some(running))
         }
-        BackendKind::Kube => (kube_backend(&args, metrics.clone()).await?, None),
+        BackendKind::Kube => {
+            let client = client.clone().context("Kubernetes client")?;
+            (kube_backend(&args, client, metrics.clone()).await?, None)
+        }
     };
     let ctx = AppCtx {
         backend: backend.clone(),
@@ -170,7 +204,6 @@ async fn main() -> anyhow::Result<()> {
         auth = args.enable_auth,
         "sandbox-manager serving"
     );
-    let shutdown = CancellationToken::new();
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

@@ -9,6 +9,7 @@
 
 mod claim;
 mod index;
+pub mod keys;
 mod lifecycle;
 mod names;
 pub mod record;
