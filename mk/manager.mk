@@ -7,8 +7,9 @@ HELP_LINES += "make test-manager     manager unit tests + the E2B SDK end-to-end
 HELP_LINES += "make bench-manager    Sandbox.create() and create-to-first-command latency, warm and cold pools"
 HELP_LINES += "make run-kube        the Kubernetes stack on this machine (cluster + node simulator, controller, sandbox-xds, gateway, managers)"
 HELP_LINES += "make test-manager-kube  the E2B SDK suite against the kube backend (two manager replicas)"
+HELP_LINES += "make bench-claim      kube backend creates at 1/20/100 clients from a warm pool of 500, the apiserver floor, 500 SandboxClaims"
 
-.PHONY: build-manager build-local-stack run-local test-manager test-manager-e2e bench-manager build-kube-stack run-kube test-manager-kube
+.PHONY: build-manager build-local-stack run-local test-manager test-manager-e2e bench-manager build-kube-stack run-kube test-manager-kube bench-claim
 build-manager:
 	$(CARGO) build --locked -p sandbox-manager
 
@@ -45,7 +46,8 @@ EXTRA_TEST_TARGETS += test-manager-e2e
 # The Kubernetes stack (scripts/run-kube.sh): everything it starts, built.
 build-kube-stack:
 	$(CARGO) build --locked -p sandbox-manager -p agent-runtime -p sandbox-gateway-filter \
-		-p sandbox-controller -p sandbox-xds -p kube-harness --bins
+		-p sandbox-controller -p sandbox-xds
+	$(CARGO) build --locked -p kube-harness --bins
 
 run-kube: venv kube-bins build-kube-stack
 	scripts/run-kube.sh
@@ -56,6 +58,21 @@ test-manager-kube: venv kube-bins build-kube-stack
 	MANAGER_STACK=kube $(VENV)/bin/python -m pytest -q -m "not local_only" tests/manager
 
 EXTRA_TEST_TARGETS += test-manager-kube
+
+# The kube backend's claim path on the real test apiserver (benches/claim/bench.py; results in
+# docs/benchmarks.md): release binaries, warm pool BENCH_CLAIM_POOL (500).
+BENCH_CLAIM_ARGS ?=
+bench-claim: venv kube-bins
+	$(CARGO) build --locked --release -p sandbox-manager -p agent-runtime -p sandbox-gateway-filter \
+		-p sandbox-controller -p sandbox-xds
+	$(CARGO) build --locked --release -p kube-harness --bins
+	SANDBOX_MANAGER_BIN=$(CARGO_TARGET_DIR)/release/sandbox-manager \
+	AGENT_RUNTIME_BIN=$(CARGO_TARGET_DIR)/release/agent-runtime \
+	SANDBOX_GATEWAY_MODULE=$(CARGO_TARGET_DIR)/release/libsandbox_gateway.so \
+	SANDBOX_CONTROLLER_BIN=$(CARGO_TARGET_DIR)/release/sandbox-controller \
+	SANDBOX_XDS_BIN=$(CARGO_TARGET_DIR)/release/sandbox-xds \
+	KUBE_CLUSTER_BIN=$(CARGO_TARGET_DIR)/release/kube-cluster \
+		$(VENV)/bin/python benches/claim/bench.py $(BENCH_CLAIM_ARGS)
 
 # Release binaries, the stack as `make run` starts it, the real SDK (benches/manager/bench.py;
 # results in docs/benchmarks.md). BENCH_MANAGER_ARGS="--rounds 10" for more samples.

@@ -1,0 +1,236 @@
+"""make bench-claim: how fast the kube backend hands out sandboxes, on the real test apiserver.
+
+Starts the Kubernetes stack exactly as `make run-kube` does (scripts/run-kube.sh, release
+binaries: a real kube-apiserver + etcd, the node simulator running each pod as an agent-runtime
+process, sandbox-controller, sandbox-xds, Envoy with the module, one sandbox-manager with the
+kube backend) with a SandboxSet `base` of POOL sandboxes, then measures:
+
+  floor    one resourceVersion-guarded merge patch of a Sandbox, straight to the apiserver over a
+           kept-alive TLS connection (what a claim's take must at least pay), sequential and at
+           the clients' concurrency, in the same run
+  creates  POST /v2/sandboxes (no SDK) at 1, 20 and 100 concurrent clients: p50 / p99,
+           creates/s, and the mean time per claim stage from the manager's stage histograms
+           (pick, take, init, route; wait_ready only for sandboxes created on no stock)
+  claims   the SandboxClaim CR path through the controller: N one-replica SandboxClaims created
+           at once until all are Completed with their sandbox (pool refilled first)
+
+Budgets (issue 11): at 20 concurrent p50 <= 30 ms and p99 <= 150 ms; >= 200 creates/s at 100
+concurrent; N = 500 SandboxClaims satisfied in <= 10 s. Prints tables; never fails on timings.
+
+usage: python benches/claim/bench.py [--pool 500] [--claims 500]
+"""
+
+import argparse
+import base64
+import concurrent.futures
+import http.client
+import json
+import os
+import re
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+os.environ["MANAGER_STACK"] = "kube"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "manager"))
+from conftest import Stack, free_port  # noqa: E402
+
+SANDBOXES = "/apis/agents.kruise.io/v1alpha1/namespaces/default/sandboxes"
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+class ApiServer:
+    """Raw HTTPS to the apiserver with the admin client certificate of the harness kubeconfig."""
+
+    def __init__(self, kubeconfig: str):
+        text = Path(kubeconfig).read_text()
+        field = lambda k: re.search(rf"{k}: (\S+)", text).group(1)  # noqa: E731
+        url = urllib.parse.urlparse(field("server"))
+        self.host, self.port = url.hostname, url.port
+        d = Path(tempfile.mkdtemp(prefix="bench-claim-pki-"))
+        for name, key in (("ca.pem", "certificate-authority-data"), ("cert.pem", "client-certificate-data"), ("key.pem", "client-key-data")):
+            (d / name).write_bytes(base64.b64decode(field(key)))
+        self.ctx = ssl.create_default_context(cafile=str(d / "ca.pem"))
+        self.ctx.load_cert_chain(str(d / "cert.pem"), str(d / "key.pem"))
+        self.local = threading.local()
+
+    def call(self, method: str, path: str, body=None, content_type="application/json"):
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=30)
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers={"content-type": content_type})
+        r = conn.getresponse()
+        payload = r.read()
+        if r.status >= 300:
+            raise RuntimeError(f"{method} {path}: {r.status} {payload[:300]!r}")
+        return json.loads(payload)
+
+
+def floor(api: ApiServer, clients: int, per_client: int) -> list[float]:
+    """Guarded patches of `clients` scratch Sandboxes (not in any pool), one client each."""
+    def one(i):
+        name = f"floor-{clients}-{i}"
+        obj = api.call("POST", SANDBOXES, {"apiVersion": "agents.kruise.io/v1alpha1", "kind": "Sandbox",
+                                           "metadata": {"name": name, "labels": {"bench": "floor"}},
+                                           "spec": {"paused": True, "template": {"spec": {"containers": [{"name": "c", "image": "x"}]}}}})
+        rv, out = obj["metadata"]["resourceVersion"], []
+        for n in range(per_client):
+            t = time.perf_counter()
+            obj = api.call("PATCH", f"{SANDBOXES}/{name}",
+                           {"metadata": {"resourceVersion": rv, "annotations": {"bench/n": str(n)}}},
+                           content_type="application/merge-patch+json")
+            out.append(time.perf_counter() - t)
+            rv = obj["metadata"]["resourceVersion"]
+        api.call("DELETE", f"{SANDBOXES}/{name}")
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as ex:
+        return [x for xs in ex.map(one, range(clients)) for x in xs]
+
+
+def stage_sums(stack) -> dict[str, tuple[float, float]]:
+    """(sum seconds, count) per claim stage from the manager's /metrics."""
+    _, text, _ = stack.request("GET", "/metrics", key=None)
+    out = {}
+    for m in re.finditer(r'sandbox_manager_claim_stage_duration_seconds_(sum|count)\{stage="(\w+)"\} (\S+)', str(text)):
+        kind, stage, v = m.group(1), m.group(2), float(m.group(3))
+        s, c = out.get(stage, (0.0, 0.0))
+        out[stage] = (s + v, c) if kind == "sum" else (s, c + v)
+    return out
+
+
+def creates(stack, clients: int, total: int):
+    """`total` raw creates with `clients` threads (each its own keep-alive connection)."""
+    body = json.dumps({"templateID": "base", "timeout": 600, "metadata": {}, "envVars": {}})
+    api = urllib.parse.urlparse(stack.api_url)
+    local = threading.local()
+
+    def one(_):
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection(api.hostname, api.port, timeout=120)
+        t = time.perf_counter()
+        conn.request("POST", "/v2/sandboxes", body=body, headers={"x-api-key": stack.api_key, "content-type": "application/json"})
+        r = conn.getresponse()
+        payload = r.read()
+        took = time.perf_counter() - t
+        if r.status != 201:
+            raise RuntimeError(f"create: {r.status} {payload[:300]!r}")
+        return json.loads(payload)["sandboxID"], took
+
+    before = stage_sums(stack)
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as ex:
+        results = list(ex.map(one, range(total)))
+    wall = time.perf_counter() - started
+    after = stage_sums(stack)
+    stages = {}
+    for k, (s, c) in after.items():
+        s0, c0 = before.get(k, (0.0, 0.0))
+        if c > c0:
+            stages[k] = (s - s0) / (c - c0)
+    with concurrent.futures.ThreadPoolExecutor(20) as ex:
+        list(ex.map(lambda r: stack.request("DELETE", f"/sandboxes/{r[0]}"), results))
+    return [r[1] for r in results], wall, stages
+
+
+def kubectl(*args):
+    return subprocess.run([os.environ["KUBECTL_BIN"], *args], capture_output=True, text=True, check=True, timeout=120).stdout
+
+
+def available():
+    out = kubectl("get", "sandboxset", "base", "-n", "default", "-o", "jsonpath={.status.availableReplicas}")
+    return int(out or 0)
+
+
+def wait_pool(n, timeout=900):
+    deadline = time.time() + timeout
+    while available() < n:
+        if time.time() > deadline:
+            raise RuntimeError(f"pool did not reach {n} (at {available()})")
+        time.sleep(1)
+
+
+def claims(n: int) -> float:
+    manifests = "\n---\n".join(
+        f"apiVersion: agents.kruise.io/v1alpha1\nkind: SandboxClaim\nmetadata: {{name: c{i}, namespace: default}}\n"
+        f"spec: {{templateName: base, createOnNoStock: false, claimTimeout: 5m}}" for i in range(n))
+    t = time.perf_counter()
+    subprocess.run([os.environ["KUBECTL_BIN"], "create", "-f", "-"], input=manifests, capture_output=True, text=True, check=True)
+    while True:
+        items = json.loads(kubectl("get", "sandboxclaims", "-n", "default", "-o", "json"))["items"]
+        done = sum(1 for c in items if (c.get("status") or {}).get("claimedReplicas") == 1)
+        if done == n:
+            return time.perf_counter() - t
+        time.sleep(0.2)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pool", type=int, default=500)
+    ap.add_argument("--claims", type=int, default=500)
+    args = ap.parse_args()
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-claim-"))
+    stack = Stack(run_dir=run_dir, extra_env={"POOL_SIZE": str(args.pool), "MANAGER_REPLICAS": "1",
+                                              "GATEWAY_LOG_LEVEL": "error"})
+    stack.ports = {k: free_port() for k in ("API_PORT", "GATEWAY_PORT", "XDS_PORT", "XDS_HTTP_PORT", "ENVOY_ADMIN_PORT")}
+    stack.launch(timeout=1200)
+    os.environ["KUBECONFIG"] = stack.env["KUBECONFIG"]
+    rows, stage_rows, budget = [], [], []
+    try:
+        api = ApiServer(stack.env["KUBECONFIG"])
+        floor1 = floor(api, 1, 100)
+        rows.append(("floor: guarded Sandbox patch, sequential", floor1, None))
+        for clients, total in ((1, 50), (20, 200), (100, 200)):
+            wait_pool(min(args.pool, total))
+            lat, wall, stages = creates(stack, clients, total)
+            f = floor(api, clients, max(1, 200 // clients))
+            rows.append((f"POST /v2/sandboxes, {clients} concurrent", lat, total / wall))
+            rows.append((f"floor: guarded Sandbox patch, {clients} concurrent", f, len(f) / sum(f) * clients))
+            stage_rows.append((clients, stages))
+            if clients == 20:
+                budget.append(f"20 concurrent: p50 {pct(lat, 50) * 1000:.1f} ms (<= 30), p99 {pct(lat, 99) * 1000:.1f} ms (<= 150): "
+                              f"{'met' if pct(lat, 50) <= 0.030 and pct(lat, 99) <= 0.150 else 'NOT met'}")
+            if clients == 100:
+                budget.append(f"100 concurrent: {total / wall:.0f} creates/s (>= 200): {'met' if total / wall >= 200 else 'NOT met'}")
+        wait_pool(min(args.pool, args.claims))
+        claim_time = claims(args.claims)
+        budget.append(f"{args.claims} SandboxClaims through the controller: {claim_time:.1f} s (<= 10): "
+                      f"{'met' if claim_time <= 10 else 'NOT met'} ({args.claims / claim_time:.0f} claims/s)")
+    finally:
+        stack.stop()
+    print()
+    print(f"kube backend claim benchmark: warm pool {args.pool}, one manager replica, release binaries")
+    print("| what | n | p50 | p99 | mean | rate |")
+    print("|---|---|---|---|---|---|")
+    for name, xs, rate in rows:
+        ms = [x * 1000 for x in xs]
+        r = f"{rate:.0f}/s" if rate else ""
+        print(f"| {name} | {len(ms)} | {pct(ms, 50):.2f} ms | {pct(ms, 99):.2f} ms | {statistics.mean(ms):.2f} ms | {r} |")
+    print()
+    print("mean time per claim stage (manager histograms)")
+    print("| clients | " + " | ".join(("pick", "take", "wait_ready", "init", "route")) + " |")
+    print("|---|---|---|---|---|---|")
+    for clients, st in stage_rows:
+        print(f"| {clients} | " + " | ".join(f"{st[k] * 1000:.2f} ms" if k in st else "-" for k in ("pick", "take", "wait_ready", "init", "route")) + " |")
+    print()
+    f50 = pct(floor1, 50)
+    c1 = next(xs for name, xs, _ in rows if name.startswith("POST") and ", 1 concurrent" in name)
+    print(f"create p50 / guarded-patch floor p50 (1 client) = {pct(c1, 50) / f50:.2f}")
+    for b in budget:
+        print("budget " + b)
+
+
+if __name__ == "__main__":
+    main()
