@@ -58,6 +58,8 @@ pub struct Metrics {
     stage_seconds: Family<StageLabel, Histogram>,
     pool_available: Family<TemplateLabel, Gauge>,
     sandboxes: Family<StateLabel, Gauge>,
+    /// Takes lost to another writer (kube backend: a 409 on the guarded patch).
+    claim_conflicts: Counter,
     encode_lock: Mutex<()>,
 }
 
@@ -83,6 +85,12 @@ impl Metrics {
         });
         let pool_available = Family::<TemplateLabel, Gauge>::default();
         let sandboxes = Family::<StateLabel, Gauge>::default();
+        let claim_conflicts = Counter::default();
+        registry.register(
+            "claim_conflicts",
+            "Takes lost to another writer of the same sandbox (the next candidate was tried)",
+            claim_conflicts.clone(),
+        );
         registry.register(
             "http_requests",
             "API requests by route and status",
@@ -123,6 +131,7 @@ impl Metrics {
             stage_seconds,
             pool_available,
             sandboxes,
+            claim_conflicts,
             encode_lock: Mutex::new(()),
         }
     }
@@ -156,6 +165,11 @@ impl Metrics {
                 })
                 .observe(d.as_secs_f64());
         }
+    }
+
+    /// Takes a create lost before it got a sandbox.
+    pub fn count_conflicts(&self, n: u32) {
+        self.claim_conflicts.inc_by(u64::from(n));
     }
 
     /// One stage of a create: `pick`, `start`, `init`, `route`.

@@ -397,6 +397,7 @@ impl Backend for KubeBackend {
         for (stage, d) in report.timings.stages() {
             self.metrics.observe_stage(stage, d);
         }
+        self.metrics.count_conflicts(report.conflicts);
         match report.outcome {
             Ok(claimed) => self.record(&claimed.sandbox, &id),
             Err(e @ (ClaimError::NoStock | ClaimError::RateLimited)) => {
