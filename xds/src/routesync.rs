@@ -36,48 +36,14 @@ impl RouteSyncService {
         min_gateways: u32,
         timeout: Duration,
     ) -> WaitForRouteResponse {
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut changes = self.cache.subscribe_changes();
-        let mut progress = self.registry.subscribe_progress();
-        let mut last = WaitForRouteResponse::default();
-        loop {
-            if let Some(entry) = self.cache.get(SANDBOX_ROUTE_TYPE_URL, id) {
-                let rv: u64 = entry.version.parse().unwrap_or(0);
-                if rv >= min_rv {
-                    let cov = self
-                        .registry
-                        .coverage(SANDBOX_ROUTE_TYPE_URL, entry.changed_at);
-                    last = WaitForRouteResponse {
-                        synced: cov.behind == 0 && cov.subscribed >= min_gateways,
-                        gateways: cov.subscribed,
-                        pending_gateways: cov.behind,
-                        resource_version: rv,
-                    };
-                    if last.synced {
-                        self.metrics.wait(true, started.elapsed().as_secs_f64());
-                        return last;
-                    }
-                }
-            }
-            tokio::select! {
-                _ = changes.changed() => {}
-                _ = progress.changed() => {}
-                _ = tokio::time::sleep_until(deadline) => {
-                    self.metrics.wait(false, started.elapsed().as_secs_f64());
-                    last.synced = false;
-                    if last.gateways == 0 {
-                        last.gateways = self.registry.coverage(SANDBOX_ROUTE_TYPE_URL, 0).subscribed;
-                        last.pending_gateways = last.gateways;
-                    }
-                    return last;
-                }
-            }
-        }
+        self.wait_for(min_gateways, timeout, || {
+            let entry = self.cache.get(SANDBOX_ROUTE_TYPE_URL, id)?;
+            let rv: u64 = entry.version.parse().unwrap_or(0);
+            (rv >= min_rv).then_some((entry.changed_at, rv))
+        })
+        .await
     }
-}
 
-impl RouteSyncService {
     /// Waits until no route carries `id` and every subscribed gateway (at least
     /// `min_gateways`) acknowledged the route table at a version without it.
     pub async fn wait_absent(
@@ -86,22 +52,39 @@ impl RouteSyncService {
         min_gateways: u32,
         timeout: Duration,
     ) -> WaitForRouteResponse {
+        self.wait_for(min_gateways, timeout, || {
+            // The type's current version has no route for `id`: a gateway that acknowledged it
+            // (or later) routes it no more.
+            self.cache
+                .get(SANDBOX_ROUTE_TYPE_URL, id)
+                .is_none()
+                .then(|| (self.cache.stats(SANDBOX_ROUTE_TYPE_URL).0, 0))
+        })
+        .await
+    }
+
+    /// The wait both share: `target` names the route-table version every gateway must have
+    /// acknowledged (and the resourceVersion to report), or `None` while the condition does not
+    /// hold; checked again on every cache change and acknowledgement, until `timeout`.
+    async fn wait_for(
+        &self,
+        min_gateways: u32,
+        timeout: Duration,
+        target: impl Fn() -> Option<(u64, u64)>,
+    ) -> WaitForRouteResponse {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
         let mut changes = self.cache.subscribe_changes();
         let mut progress = self.registry.subscribe_progress();
         let mut last = WaitForRouteResponse::default();
         loop {
-            if self.cache.get(SANDBOX_ROUTE_TYPE_URL, id).is_none() {
-                // The type's current version has no route for `id`: a gateway that acknowledged
-                // it (or later) routes it no more.
-                let (version, _) = self.cache.stats(SANDBOX_ROUTE_TYPE_URL);
+            if let Some((version, rv)) = target() {
                 let cov = self.registry.coverage(SANDBOX_ROUTE_TYPE_URL, version);
                 last = WaitForRouteResponse {
                     synced: cov.behind == 0 && cov.subscribed >= min_gateways,
                     gateways: cov.subscribed,
                     pending_gateways: cov.behind,
-                    resource_version: 0,
+                    resource_version: rv,
                 };
                 if last.synced {
                     self.metrics.wait(true, started.elapsed().as_secs_f64());
@@ -114,6 +97,10 @@ impl RouteSyncService {
                 _ = tokio::time::sleep_until(deadline) => {
                     self.metrics.wait(false, started.elapsed().as_secs_f64());
                     last.synced = false;
+                    if last.gateways == 0 {
+                        last.gateways = self.registry.coverage(SANDBOX_ROUTE_TYPE_URL, 0).subscribed;
+                        last.pending_gateways = last.gateways;
+                    }
                     return last;
                 }
             }

@@ -29,45 +29,36 @@ impl RouteWaiter {
         })
     }
 
+    fn timeout_ms(&self) -> u32 {
+        self.timeout.as_millis().min(u128::from(u32::MAX)) as u32
+    }
+
     /// Waits until every gateway routes sandbox `id` at resourceVersion `min_rv` or later.
     pub async fn wait(&self, id: &str, min_rv: u64) -> Result<(), String> {
         let req = WaitForRouteRequest {
             sandbox_id: id.to_string(),
             min_resource_version: min_rv,
-            timeout_ms: self.timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+            timeout_ms: self.timeout_ms(),
             min_gateways: self.min_gateways,
             absent: false,
         };
-        let mut client = self.client.clone();
-        let call = client.wait_for_route(req);
-        let resp = tokio::time::timeout(self.timeout + Duration::from_secs(2), call)
-            .await
-            .map_err(|_| {
-                format!(
-                    "sandbox-xds did not answer WaitForRoute within {:?}",
-                    self.timeout
-                )
-            })?
-            .map_err(|e| format!("WaitForRoute: {}", e.message()))?
-            .into_inner();
-        if resp.synced {
-            Ok(())
-        } else {
-            Err(format!(
-                "route of {id} not acknowledged by the gateways within {:?} ({} of {} pending)",
-                self.timeout, resp.pending_gateways, resp.gateways
-            ))
-        }
+        self.ask(req, "route").await
     }
 
     /// Waits until no gateway routes sandbox `id` any more (killed or expired).
     pub async fn wait_gone(&self, id: &str) -> Result<(), String> {
         let req = WaitForRouteRequest {
             sandbox_id: id.to_string(),
-            timeout_ms: self.timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+            timeout_ms: self.timeout_ms(),
             absent: true,
             ..Default::default()
         };
+        self.ask(req, "withdrawal of the route").await
+    }
+
+    /// One WaitForRoute call, bounded even if sandbox-xds never answers.
+    async fn ask(&self, req: WaitForRouteRequest, what: &str) -> Result<(), String> {
+        let id = req.sandbox_id.clone();
         let mut client = self.client.clone();
         let resp = tokio::time::timeout(
             self.timeout + Duration::from_secs(2),
@@ -86,7 +77,7 @@ impl RouteWaiter {
             Ok(())
         } else {
             Err(format!(
-                "withdrawal of {id}'s route not acknowledged by the gateways within {:?} ({} of {} pending)",
+                "{what} of {id} not acknowledged by the gateways within {:?} ({} of {} pending)",
                 self.timeout, resp.pending_gateways, resp.gateways
             ))
         }
