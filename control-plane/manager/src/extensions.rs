@@ -30,8 +30,8 @@ pub struct KubeExtensions {
 }
 
 impl KubeExtensions {
-    /// The first key given, for "needs Kubernetes" errors.
-    pub fn first_key(&self) -> Option<&'static str> {
+    /// The keys given, in a fixed order.
+    pub fn given(&self) -> impl Iterator<Item = &'static str> + '_ {
         let fields: [(&'static str, &Option<String>); 11] = [
             ("image", &self.image),
             ("cpu-request", &self.cpu_request),
@@ -48,7 +48,15 @@ impl KubeExtensions {
             ("sandbox-name", &self.sandbox_name),
             ("sandbox-generate-name", &self.sandbox_generate_name),
         ];
-        fields.iter().find(|(_, v)| v.is_some()).map(|(k, _)| *k)
+        fields
+            .into_iter()
+            .filter(|(_, v)| v.is_some())
+            .map(|(k, _)| k)
+    }
+
+    /// The first key given, for "needs Kubernetes" errors.
+    pub fn first_key(&self) -> Option<&'static str> {
+        self.given().next()
     }
 }
 

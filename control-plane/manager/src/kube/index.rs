@@ -161,10 +161,25 @@ impl Index {
         out
     }
 
-    /// The claimed sandbox of that id (a newer object wins if two carry it).
+    /// The claimed sandbox of that id (a newer object wins if two carry it). Only objects
+    /// labelled with the id, in the cache or among this replica's writes, are looked at.
     pub fn by_id(&self, id: &SandboxId) -> Option<Arc<Sandbox>> {
-        self.claimed()
+        let labelled =
+            |s: &Sandbox| s.labels().get(LABEL_SANDBOX_ID).map(String::as_str) == Some(id.as_str());
+        let cached = self
+            .sandboxes
+            .state()
             .into_iter()
+            .filter(|s| labelled(s))
+            .map(|s| self.freshest(s));
+        let written: Vec<Arc<Sandbox>> = self
+            .written
+            .iter()
+            .filter(|e| e.value().0.elapsed() < WRITTEN_TTL && labelled(&e.value().1))
+            .map(|e| e.value().1.clone())
+            .collect();
+        cached
+            .chain(written)
             .filter(|s| claimed_id(s).as_ref() == Some(id))
             .max_by_key(|s| rv(s))
     }

@@ -199,26 +199,33 @@ impl KubeBackend {
         }
     }
 
-    /// The caller's claimed sandbox `id`, as cached (404 for another team's).
-    fn find(&self, caller: &Caller, id: &SandboxId) -> BackendResult<Arc<Sandbox>> {
+    /// The caller's claimed sandbox `id` as cached, dead or alive (`None` for another team's).
+    fn lookup(&self, caller: &Caller, id: &SandboxId) -> Option<Arc<Sandbox>> {
         self.index
             .by_id(id)
-            .filter(|s| record_of(s, Timestamp::now()).is_some_and(|r| caller.sees(&r.team_id)))
+            .filter(|s| caller.sees(&record::team_of(s)))
+    }
+
+    /// The caller's live claimed sandbox `id`, as cached (404 for another team's).
+    fn find(&self, caller: &Caller, id: &SandboxId) -> BackendResult<Arc<Sandbox>> {
+        self.lookup(caller, id)
+            .filter(|s| record_of(s, Timestamp::now()).is_some())
             .ok_or_else(|| BackendError::sandbox_not_found(id))
     }
 
     /// [`Self::find`] for reads: a sandbox that just died (killed, expired) is reported gone
     /// only once no gateway routes it any more, so a 404 here means the data plane agrees.
     async fn find_live(&self, caller: &Caller, id: &SandboxId) -> BackendResult<Arc<Sandbox>> {
-        let found = self.find(caller, id);
-        if found.is_err()
-            && let Some(dead) = self.index.by_id(id)
-            && caller.sees(&record::team_of(&dead))
-            && let Err(e) = self.routes.wait_gone(id.as_str()).await
-        {
-            tracing::warn!(sandbox = %id, error = %e, "dead sandbox still routed");
+        match self.lookup(caller, id) {
+            Some(s) if record_of(&s, Timestamp::now()).is_some() => Ok(s),
+            Some(_) => {
+                if let Err(e) = self.routes.wait_gone(id.as_str()).await {
+                    tracing::warn!(sandbox = %id, error = %e, "dead sandbox still routed");
+                }
+                Err(BackendError::sandbox_not_found(id))
+            }
+            None => Err(BackendError::sandbox_not_found(id)),
         }
-        found
     }
 
     /// The caller's sandbox read from the apiserver (for read-modify-write).
@@ -309,18 +316,15 @@ impl KubeBackend {
                 )));
             }
         }
-        let k = &spec.extensions.kube;
-        let unsupported: [(&str, bool); 7] = [
-            ("image", k.image.is_some()),
-            ("cpu-request", k.cpu_request.is_some()),
-            ("cpu-limit", k.cpu_limit.is_some()),
-            ("csi-volume-name", k.csi_volume_name.is_some()),
-            ("csi-volume-config", k.csi_volume_config.is_some()),
-            ("sandbox-name", k.sandbox_name.is_some()),
-            ("sandbox-generate-name", k.sandbox_generate_name.is_some()),
-        ];
-        match unsupported.iter().find(|(_, set)| *set) {
-            Some((key, _)) => Err(BackendError::BadRequest(format!(
+        /// What this backend carries out of the Kubernetes-only keys.
+        const SUPPORTED: [&str; 2] = ["reserve-failed-sandbox", "reserve-failed-sandbox-for"];
+        match spec
+            .extensions
+            .kube
+            .given()
+            .find(|k| !SUPPORTED.contains(k))
+        {
+            Some(key) => Err(BackendError::BadRequest(format!(
                 "Bad extension param: {}{key} is not supported by this sandbox-manager yet",
                 crate::extensions::PREFIX
             ))),
