@@ -1,15 +1,12 @@
 # controller area (issue 5): sandbox-api CRDs, sandbox-controller, its Helm chart, integration
 # tests against a real apiserver (tests/controller) and the pool/claim benchmark.
 export SANDBOX_CONTROLLER_BIN := $(CARGO_TARGET_DIR)/debug/sandbox-controller
-CONTROLLER_CHART := charts/kruise-agents-sandbox-controller
 PREPARE_TARGETS += build-controller
-EXTRA_TEST_TARGETS += chart-check
 HELP_LINES += "make test-controller  sandbox-core + sandbox-api + sandbox-controller unit tests and apiserver integration tests"
-HELP_LINES += "make chart-check      helm lint + helm template of the controller chart"
 HELP_LINES += "make crdgen           regenerate the CRD YAML in the controller chart from the Rust types"
 HELP_LINES += "make bench-controller pool refill (0 to 500 Ready) and 500-claim throughput, printed as a table (see docs/benchmarks.md)"
 
-.PHONY: build-controller test-controller chart-check crdgen bench-controller
+.PHONY: build-controller test-controller crdgen bench-controller
 build-controller:
 	$(CARGO) build --locked -p sandbox-controller
 
@@ -18,10 +15,6 @@ crdgen:
 
 test-controller: kube-bins build-controller build-runtime
 	$(CARGO) test --locked -p sandbox-core -p sandbox-api -p sandbox-controller -p controller-tests
-
-chart-check: kube-bins
-	$(HELM_BIN) lint --strict $(CONTROLLER_CHART)
-	$(HELM_BIN) template sandbox-controller $(CONTROLLER_CHART) --namespace sandbox-system --include-crds > /dev/null
 
 bench-controller: kube-bins
 	$(CARGO) build --locked --release -p sandbox-controller -p controller-bench

@@ -75,6 +75,33 @@ pub struct Config {
     /// Seconds to let open requests finish after SIGTERM before closing them.
     #[arg(long, env = "AGENT_RUNTIME_SHUTDOWN_TIMEOUT", default_value_t = 10)]
     pub shutdown_timeout: u64,
+
+    /// Without a subcommand the daemon runs in the foreground.
+    #[command(subcommand)]
+    pub action: Option<Action>,
+}
+
+/// What the binary does besides serving: the two steps of runtime injection into a sandbox image
+/// that does not ship the daemon (the controller chart's `agent-runtime` injection template).
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Copy this executable to `<DIR>/agent-runtime` (an init container fills a volume the main
+    /// container mounts).
+    Install {
+        /// Directory to copy into (created if missing).
+        dir: PathBuf,
+    },
+    /// Start the daemon in the background with the flags and environment given, and return
+    /// once it accepts connections on its first listen address (a postStart hook: no shell
+    /// needed in the image).
+    Start {
+        /// Where the daemon's stdout and stderr go.
+        #[arg(long, default_value = "/tmp/agent-runtime.log")]
+        log_file: PathBuf,
+        /// Seconds to wait for the daemon to accept connections.
+        #[arg(long, default_value_t = 30)]
+        wait_seconds: u64,
+    },
 }
 
 impl Config {
@@ -108,6 +135,26 @@ mod tests {
         );
         let bad = Config::parse_from(["agent-runtime", "--env", "nokey"]);
         assert!(bad.env_pairs().is_err());
+    }
+
+    #[test]
+    fn subcommands() {
+        let c = Config::parse_from(["agent-runtime", "--listen", "127.0.0.1:9", "start"]);
+        assert!(matches!(
+            c.action,
+            Some(Action::Start {
+                wait_seconds: 30,
+                ..
+            })
+        ));
+        let c = Config::parse_from(["agent-runtime", "install", "/mnt/x"]);
+        assert_eq!(
+            c.action,
+            Some(Action::Install {
+                dir: "/mnt/x".into()
+            })
+        );
+        assert_eq!(Config::parse_from(["agent-runtime"]).action, None);
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod connect;
 pub mod files;
 pub mod filesystem;
 pub mod httputil;
+pub mod launch;
 pub mod metrics;
 pub mod oserror;
 pub mod paths;

@@ -2,10 +2,32 @@
 
 use clap::Parser;
 
-use agent_runtime::config::{Config, LogFormat};
+use agent_runtime::config::{Action, Config, LogFormat};
+use agent_runtime::launch;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    match &config.action {
+        None => {}
+        Some(Action::Install { dir }) => {
+            let dest = launch::install(dir)?;
+            println!("installed {}", dest.display());
+            return Ok(());
+        }
+        Some(Action::Start {
+            log_file,
+            wait_seconds,
+        }) => {
+            let argv: Vec<String> = std::env::args().collect();
+            let probe = *config
+                .listen
+                .first()
+                .ok_or_else(|| anyhow::anyhow!("no --listen address"))?;
+            let wait = std::time::Duration::from_secs(*wait_seconds);
+            launch::start(&launch::daemon_args(&argv), probe, log_file, wait)?;
+            return Ok(());
+        }
+    }
     init_tracing(config.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

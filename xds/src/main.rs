@@ -52,6 +52,10 @@ struct Args {
         default_value = "json"
     )]
     log_format: LogFormat,
+    /// Parse and validate --gateway-config, print the effective settings (defaults filled in)
+    /// and exit: 0 if valid, 1 with the reason if not (like `envoy --mode validate`).
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn load_gateway(path: Option<&PathBuf>) -> anyhow::Result<GatewayResources> {
@@ -69,6 +73,11 @@ fn load_gateway(path: Option<&PathBuf>) -> anyhow::Result<GatewayResources> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.check_config {
+        let g = load_gateway(args.gateway_config.as_ref())?;
+        println!("{g:#?}");
+        return Ok(());
+    }
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     match args.log_format {
