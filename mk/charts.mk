@@ -19,8 +19,7 @@ chart-check: kube-bins
 	$(HELM_BIN) template sandbox-controller charts/kruise-agents-sandbox-controller --namespace sandbox-system --include-crds > /dev/null
 	$(HELM_BIN) template sandbox-manager charts/kruise-agents-sandbox-manager --namespace sandbox-system $(CHART_REQUIRED) > /dev/null
 
-test-charts: venv kube-bins kube-harness-bins
-	$(CARGO) build --locked -p sandbox-xds
+test-charts: venv kube-bins kube-harness-bins build-kube-stack
 	$(VENV)/bin/python -m pytest -q tests/charts
 
 EXTRA_TEST_TARGETS += test-charts

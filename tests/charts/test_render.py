@@ -176,6 +176,11 @@ def bootstrap(d):
     return yaml.safe_load(find(d, "ConfigMap", "sandbox-gateway")["data"]["envoy.yaml"])
 
 
+def flag(args, name):
+    """The value after `name` in Envoy's argument list."""
+    return args[args.index(name) + 1]
+
+
 def ingress_rules(d):
     return {r["host"]: r["http"]["paths"][0]["backend"]["service"] for r in find(d, "Ingress")["spec"]["rules"]}
 
@@ -212,8 +217,8 @@ MANAGER_PARAMS = [
      lambda d: bootstrap(d)["admin"]["address"]["socket_address"]["port_value"] == 9911 and gw_config(d)["admin_port"] == 9911),
     (["gateway.envoy.listener.address=::"], lambda d: gw_config(d)["listen_address"] == "::"),
     (["gateway.envoy.listener.port=10001"], lambda d: gw_config(d)["listen_port"] == 10001),
-    (["gateway.envoy.logLevel=debug"], lambda d: "--log-level=debug" in gw_c(d)["args"]),
-    (["gateway.envoy.concurrency=8"], lambda d: "--concurrency=8" in gw_c(d)["args"]),
+    (["gateway.envoy.logLevel=debug"], lambda d: flag(gw_c(d)["args"], "--log-level") == "debug"),
+    (["gateway.envoy.concurrency=8"], lambda d: flag(gw_c(d)["args"], "--concurrency") == "8"),
     (["gateway.envoy.circuitBreakers.thresholds[0].maxConnections=100",
       "gateway.envoy.circuitBreakers.thresholds[0].maxPendingRequests=101",
       "gateway.envoy.circuitBreakers.thresholds[0].maxRequests=102",

@@ -30,5 +30,6 @@ pub use apply::ApplyOptions;
 pub use cluster::{ADMIN_USER, ClusterConfig, DEFAULT_CONTROLLERS, KubeCluster, SERVICE_CIDR};
 pub use error::{Error, Result};
 pub use nodesim::{
-    AGENT_RUNTIME_PORT, COMMAND_ANNOTATION, IpRange, NodeSimConfig, NodeSimulator, SimPod,
+    AGENT_RUNTIME_PORT, COMMAND_ANNOTATION, ImageRule, IpRange, NodeSimConfig, NodeSimulator,
+    SimPod,
 };

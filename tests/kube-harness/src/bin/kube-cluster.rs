@@ -28,10 +28,21 @@ struct Args {
     /// Default: $AGENT_RUNTIME_BIN --listen {ip}:{port} --default-workdir {workdir}.
     #[arg(long, env = "NODE_SIM_COMMAND")]
     command: Option<String>,
+    /// A container image the simulator runs as a local program, `REPOSITORY=PROGRAM [ARGS...]`
+    /// (repeatable): pods whose first container has that image (any tag) run PROGRAM with the
+    /// container's arguments, environment, mounted ConfigMaps/Secrets, service account and
+    /// readinessProbe, as a kubelet would start the container.
+    #[arg(long = "image")]
+    images: Vec<kube_harness::ImageRule>,
     /// Do not start kube-controller-manager (no garbage collection, namespaces never finish
     /// deleting).
     #[arg(long)]
     no_controller_manager: bool,
+    /// More kube-controller-manager controllers besides the default ones (garbage collector,
+    /// namespaces, service accounts), e.g. `deployment-controller,replicaset-controller` to run
+    /// Deployments.
+    #[arg(long, value_delimiter = ',')]
+    controllers: Vec<String>,
     /// Write the `KEY=value` lines that are printed to this file too (for scripts).
     #[arg(long)]
     env_file: Option<PathBuf>,
@@ -47,10 +58,11 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let cfg = ClusterConfig {
+    let mut cfg = ClusterConfig {
         controller_manager: !args.no_controller_manager,
         ..Default::default()
     };
+    cfg.controllers.extend(args.controllers.iter().cloned());
     let cluster = KubeCluster::start_with(cfg)
         .await
         .context("start the cluster")?;
@@ -64,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
             node_name: args.node_name.clone(),
             ip_range: Some(args.ip_range),
             command,
+            images: args.images.clone(),
             ..Default::default()
         };
         Some(

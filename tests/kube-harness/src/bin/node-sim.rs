@@ -50,6 +50,12 @@ struct Args {
     /// {ip}:{port} --default-workdir {workdir}. Arguments after `--` take precedence.
     #[arg(long, env = "NODE_SIM_COMMAND")]
     command: Option<String>,
+    /// A container image the simulator runs as a local program, `REPOSITORY=PROGRAM [ARGS...]`
+    /// (repeatable): pods whose first container has that image (any tag) run PROGRAM with the
+    /// container's arguments, environment, mounted ConfigMaps/Secrets, service account and
+    /// readinessProbe, as a kubelet would start the container.
+    #[arg(long = "image")]
+    images: Vec<kube_harness::ImageRule>,
     /// Command template as separate arguments (after `--`).
     #[arg(last = true)]
     command_args: Vec<String>,
@@ -86,6 +92,7 @@ async fn main() -> anyhow::Result<()> {
         ready_http_path: args.ready_http_path.clone(),
         max_termination_grace: Duration::from_secs(args.max_grace_seconds),
         work_root: args.work_root.clone(),
+        images: args.images.clone(),
         ..Default::default()
     };
     let sim = NodeSimulator::try_start(config, cfg).await?;

@@ -12,7 +12,9 @@
 //! It runs on its own thread and tokio runtime, so it is independent of the test's runtime and
 //! can outlive single tests. Dropping it kills every process it started.
 
+mod container;
 mod ippool;
+mod services;
 pub mod status;
 mod worker;
 
@@ -30,6 +32,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::{oneshot, watch};
 
+pub use container::{ImageRule, image_repository};
 pub use ippool::IpRange;
 
 use crate::error::{Error, Result};
@@ -72,6 +75,10 @@ pub struct NodeSimConfig {
     pub max_termination_grace: Duration,
     /// Where pod work directories and logs go (default: a temporary directory removed on drop).
     pub work_root: Option<PathBuf>,
+    /// Pods whose first container's image has a rule run that rule's program as a container
+    /// would (arguments, environment, volumes, service account, readinessProbe; see
+    /// `container.rs`) instead of `command`.
+    pub images: Vec<ImageRule>,
 }
 
 impl Default for NodeSimConfig {
@@ -95,6 +102,7 @@ impl Default for NodeSimConfig {
             max_restart_backoff: Duration::from_secs(5),
             max_termination_grace: Duration::from_secs(5),
             work_root: None,
+            images: Vec::new(),
         }
     }
 }
@@ -177,6 +185,9 @@ type Registry = Arc<Mutex<HashMap<String, SimPod>>>;
 /// Everything the per-pod workers share.
 pub(crate) struct Shared {
     pub client: kube::Client,
+    /// How the simulator reaches the apiserver (pods of known images get a kubeconfig like it).
+    pub kube_config: kube::Config,
+    pub services: services::ServiceProxies,
     pub cfg: NodeSimConfig,
     pub command: Vec<String>,
     pub ip_range: IpRange,
@@ -264,6 +275,7 @@ impl NodeSimulator {
                         }
                     };
                     rt.block_on(async move {
+                        let kube_config = config.clone();
                         let client = match kube::Client::try_from(config) {
                             Ok(c) => c,
                             Err(e) => {
@@ -271,8 +283,11 @@ impl NodeSimulator {
                                 return;
                             }
                         };
+                        let services = services::ServiceProxies::new(client.clone(), ip_range);
                         let shared = Arc::new(Shared {
                             client,
+                            kube_config,
+                            services,
                             cfg,
                             command,
                             ip_range,

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::container::{self, Readiness};
 use super::status::{self, PodRun, RunPhase, Termination};
 use super::{COMMAND_ANNOTATION, Shared, SimPod, ippool};
 use crate::process::ManagedChild;
@@ -57,6 +58,8 @@ struct Worker {
     status_retry_at: Option<Instant>,
     ip_claimed: Option<Ipv4Addr>,
     finalized: bool,
+    /// When the current run counts as ready.
+    readiness: Readiness,
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, mut rx: watch::Receiver<Pod>) {
@@ -98,6 +101,7 @@ impl Worker {
             run_id: 0,
         };
         Worker {
+            readiness: default_readiness(&shared),
             backoff: shared.cfg.restart_backoff,
             shared,
             namespace,
@@ -164,7 +168,7 @@ impl Worker {
                 && !terminal
                 && self.restart_at.is_some_and(|t| t <= Instant::now())
             {
-                self.start(&pod);
+                self.start(&pod).await;
             }
 
             let holding = self.report_hold_until.is_some_and(|t| t > Instant::now())
@@ -175,8 +179,7 @@ impl Worker {
 
             let probing = matches!(self.run.phase, RunPhase::Running { ready: false, .. });
             let ip = self.run.ip.unwrap_or(Ipv4Addr::LOCALHOST);
-            let port = self.shared.cfg.port;
-            let http_path = self.shared.cfg.ready_http_path.clone();
+            let readiness = self.readiness.clone();
             let far = Instant::now() + Duration::from_secs(3600);
             let restart_at = self
                 .restart_at
@@ -191,7 +194,7 @@ impl Worker {
                     }
                 }
                 exit = wait_exit(&mut self.process) => self.on_exit(&pod, exit),
-                _ = probe(ip, port, http_path.as_deref()), if probing => {
+                _ = probe(ip, &readiness), if probing => {
                     if let RunPhase::Running { ready, .. } = &mut self.run.phase {
                         *ready = true;
                     }
@@ -268,7 +271,21 @@ impl Worker {
         Ok(cmd)
     }
 
-    fn start(&mut self, pod: &Pod) {
+    /// The process of a pod whose image has a rule: the container as a kubelet would start it.
+    async fn container_command(
+        &mut self,
+        pod: &Pod,
+        rule: &container::ImageRule,
+        ip: Ipv4Addr,
+    ) -> Result<Command, String> {
+        let p = container::prepare(&self.shared, pod, rule, ip, &self.dir).await?;
+        let mut cmd = Command::new(&p.program);
+        cmd.args(&p.args).current_dir(&self.workdir).envs(p.env);
+        self.readiness = p.readiness;
+        Ok(cmd)
+    }
+
+    async fn start(&mut self, pod: &Pod) {
         let Some(ip) = self.address(pod) else {
             self.run.phase = RunPhase::Waiting {
                 reason: "IPExhausted".into(),
@@ -281,7 +298,12 @@ impl Worker {
             self.start_failed(format!("create {}: {e}", self.workdir.display()));
             return;
         }
-        let spawned = self.command(pod, ip).and_then(|cmd| {
+        let rule = container::rule_for(&self.shared.cfg.images, pod).cloned();
+        let cmd = match rule {
+            Some(rule) => self.container_command(pod, &rule, ip).await,
+            None => self.command(pod, ip),
+        };
+        let spawned = cmd.and_then(|cmd| {
             ManagedChild::spawn(&self.name, cmd, &self.log_path).map_err(|e| e.to_string())
         });
         match spawned {
@@ -295,7 +317,7 @@ impl Worker {
                 self.images = images(pod);
                 self.run.phase = RunPhase::Running {
                     started_at: now(),
-                    ready: false,
+                    ready: self.readiness == Readiness::Started,
                 };
                 self.report_hold_until = Some(Instant::now() + FIRST_REPORT_HOLD);
                 self.restart_at = None;
@@ -491,8 +513,24 @@ async fn wait_exit(process: &mut Option<ManagedChild>) -> std::process::ExitStat
     }
 }
 
-/// Resolves once `ip:port` accepts a TCP connection (and, with `http_path`, answers 2xx).
-async fn probe(ip: Ipv4Addr, port: u16, http_path: Option<&str>) {
+/// The simulator-wide readiness check (`port`, `ready_http_path`).
+fn default_readiness(shared: &Shared) -> Readiness {
+    match &shared.cfg.ready_http_path {
+        Some(path) => Readiness::Http {
+            port: shared.cfg.port,
+            path: path.clone(),
+        },
+        None => Readiness::Tcp(shared.cfg.port),
+    }
+}
+
+/// Resolves once the pod passes its readiness check at `ip`.
+async fn probe(ip: Ipv4Addr, readiness: &Readiness) {
+    let (port, http_path) = match readiness {
+        Readiness::Tcp(port) => (*port, None),
+        Readiness::Http { port, path } => (*port, Some(path.as_str())),
+        Readiness::Started => return,
+    };
     let mut delay = Duration::from_millis(10);
     loop {
         if check(ip, port, http_path).await {
