@@ -36,6 +36,14 @@ pub fn start(
     wait: Duration,
 ) -> io::Result<()> {
     let exe = std::env::current_exe()?;
+    let probe = loopback_for(probe);
+    // Whatever answers there now is not the daemon about to start.
+    if TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("something already listens on {probe}"),
+        ));
+    }
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -47,7 +55,6 @@ pub fn start(
         .stderr(log)
         .process_group(0)
         .spawn()?;
-    let probe = loopback_for(probe);
     let deadline = Instant::now() + wait;
     loop {
         if let Some(status) = child.try_wait()? {

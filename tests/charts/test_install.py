@@ -188,8 +188,10 @@ def test_controller_installs_with_the_guides_defaults(cluster):
 
 
 def test_controller_upgrade_with_reset_values(cluster):
-    """`helm upgrade --reset-values` applies new values (here: one replica, no webhooks, which
-    this harness cannot call) and the controller runs the warm pool."""
+    """The guide's upgrade: the chart's CRDs applied first (Helm never updates crds/), then
+    `helm upgrade --reset-values` with new values (here: one replica, no webhooks, which this
+    harness cannot call); the controller then runs the warm pool."""
+    cluster.kubectl("apply", "-f", str(CONTROLLER_CHART / "crds"))
     cluster.helm("upgrade", "agents-sandbox-controller", str(CONTROLLER_CHART), "-n", NS, "--reset-values",
                  "--set", "replicaCount=1", "--set", "webhookEnabled=false", "--wait", "--timeout", "180s")
     assert cluster.get("deployment", "sandbox-controller", "-n", NS)["spec"]["replicas"] == 1
