@@ -4,6 +4,7 @@
 HELP_LINES += "make test-charts     helm lint/template checks of both charts and install/upgrade/uninstall on the test apiserver"
 HELP_LINES += "make chart-check     helm lint + helm template of both charts (quick)"
 HELP_LINES += "make images          build the images with docker or podman (where one exists)"
+HELP_LINES += "make chart-docs      rewrite the values tables of the charts' README.md from values.yaml"
 
 CHARTS := charts/kruise-agents-sandbox-controller charts/kruise-agents-sandbox-manager
 # Rendering the manager chart needs its two required values.
@@ -12,7 +13,10 @@ IMAGE_TAG ?= v0.2.0
 IMAGE_PREFIX ?= kruise-agents-rs
 IMAGES := sandbox-controller sandbox-manager sandbox-xds sandbox-gateway agent-runtime
 
-.PHONY: chart-check test-charts images
+.PHONY: chart-check chart-docs test-charts images
+chart-docs: venv
+	for c in $(CHARTS); do $(VENV)/bin/python scripts/chart-values-table.py $$c; done
+
 chart-check: kube-bins
 	$(HELM_BIN) lint --strict charts/kruise-agents-sandbox-controller
 	$(HELM_BIN) lint --strict charts/kruise-agents-sandbox-manager $(CHART_REQUIRED)

@@ -402,3 +402,27 @@ def test_rendered_gateway_config_is_valid(tmp_path, sets):
     )
     assert out.returncode == 0, out.stderr
     assert "circuit_breakers" in out.stdout
+
+
+@pytest.mark.parametrize("chart", [CONTROLLER_CHART, MANAGER_CHART], ids=["controller", "manager"])
+def test_readme_values_table_is_current(chart):
+    """Every value of values.yaml, with its default, is in the chart's README (make chart-docs)."""
+    from conftest import ROOT
+
+    out = subprocess.run(
+        [os.sys.executable, str(ROOT / "scripts" / "chart-values-table.py"), str(chart), "--check"],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    readme = (chart / "README.md").read_text()
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+
+    def leaves(v, path=()):
+        if isinstance(v, dict) and v:
+            for k, sub in v.items():
+                yield from leaves(sub, (*path, k))
+        else:
+            yield ".".join(path)
+
+    missing = [k for k in leaves(values) if f"| `{k}` |" not in readme]
+    assert not missing, f"values not in README.md: {missing}"
