@@ -239,6 +239,9 @@ MANAGER_PARAMS = [
      lambda d: soft_anti_affinity(gw(d))["podAffinityTerm"]["topologyKey"] == "topology.kubernetes.io/zone"),
     (["gateway.initContainer.enabled=true"],
      lambda d: pod(gw(d))["initContainers"][0]["image"] == "busybox:1.36.1"),
+    (["gateway.initContainer.enabled=true", "gateway.initContainer.image.repository=mirror.example/busybox",
+      "gateway.initContainer.image.tag=1.37"],
+     lambda d: pod(gw(d))["initContainers"][0]["image"] == "mirror.example/busybox:1.37"),
     (["e2b.domain=sandbox.example.com"], lambda d: "--domain=sandbox.example.com" in mgr_c(d)["args"]
      and set(ingress_rules(d)) == {"api.sandbox.example.com", "*.sandbox.example.com"}),
     (["e2b.enableAuth=false"], lambda d: "--enable-auth=false" in mgr_c(d)["args"]),

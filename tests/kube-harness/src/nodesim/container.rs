@@ -263,29 +263,39 @@ async fn env_value(
             d.get(&r.key)
                 .map(|b| String::from_utf8_lossy(&b.0).into_owned())
         });
-        return match (v, r.optional) {
-            (Some(v), _) => Ok(Some(v)),
-            (None, Some(true)) => Ok(None),
-            (None, _) => Err(format!(
-                "env {}: secret {}/{} has no key {}",
-                e.name, ns, r.name, r.key
-            )),
-        };
+        return keyed(v, r.optional, || {
+            format!(
+                "env {}: secret {ns}/{} has no key {}",
+                e.name, r.name, r.key
+            )
+        });
     }
     if let Some(r) = &from.config_map_key_ref {
         let api: Api<ConfigMap> = Api::namespaced(shared.client.clone(), ns);
         let cm = api.get_opt(&r.name).await.map_err(|err| err.to_string())?;
         let v = cm.and_then(|c| c.data).and_then(|d| d.get(&r.key).cloned());
-        return match (v, r.optional) {
-            (Some(v), _) => Ok(Some(v)),
-            (None, Some(true)) => Ok(None),
-            (None, _) => Err(format!(
-                "env {}: configmap {}/{} has no key {}",
-                e.name, ns, r.name, r.key
-            )),
-        };
+        return keyed(v, r.optional, || {
+            format!(
+                "env {}: configmap {ns}/{} has no key {}",
+                e.name, r.name, r.key
+            )
+        });
     }
     Err(format!("env {}: this valueFrom is not simulated", e.name))
+}
+
+/// A `secretKeyRef`/`configMapKeyRef` value: a missing key is an error unless the ref is
+/// optional (then the variable is left out).
+fn keyed(
+    v: Option<String>,
+    optional: Option<bool>,
+    missing: impl FnOnce() -> String,
+) -> Result<Option<String>, String> {
+    match (v, optional) {
+        (Some(v), _) => Ok(Some(v)),
+        (None, Some(true)) => Ok(None),
+        (None, _) => Err(missing()),
+    }
 }
 
 /// Mounted volumes: mount path → local directory, and the files written.
