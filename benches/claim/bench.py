@@ -14,10 +14,16 @@ kube backend) with a SandboxSet `base` of POOL sandboxes, then measures:
   claims   the SandboxClaim CR path through the controller: N one-replica SandboxClaims created
            at once until all are Completed with their sandbox (pool refilled first)
 
+With --take-cost it measures only what a take (the claim's one write) costs the apiserver:
+the take's merge patch of pool sandboxes sent straight to the apiserver, spaced (the
+controller's refill of each taken sandbox settles in between), back to back (the refill runs
+beside the next take, as in a burst of creates), and back to back with the controller stopped
+(SIGSTOP: no refill); plus a label-only patch of a pool sandbox in each case.
+
 Budgets (issue 11): at 20 concurrent p50 <= 30 ms and p99 <= 150 ms; >= 200 creates/s at 100
 concurrent; N = 500 SandboxClaims satisfied in <= 10 s. Prints tables; never fails on timings.
 
-usage: python benches/claim/bench.py [--pool 500] [--claims 500]
+usage: python benches/claim/bench.py [--pool 500] [--claims 500] [--take-cost]
 """
 
 import argparse
@@ -27,6 +33,7 @@ import http.client
 import json
 import os
 import re
+import signal
 import ssl
 import statistics
 import subprocess
@@ -113,6 +120,55 @@ def floor(api: ApiServer, clients: int, per_client: int) -> list[float]:
 
     with concurrent.futures.ThreadPoolExecutor(clients) as ex:
         return [x for xs in ex.map(one, range(clients)) for x in xs]
+
+
+def take_cost(api: ApiServer, n: int) -> list[tuple[str, list[float]]]:
+    """Take-shaped patches of pool sandboxes straight to the apiserver (see the module doc)."""
+    items = api.call("GET", SANDBOXES + "?labelSelector=agents.kruise.io%2Fsandbox-pool%3Dbase")["items"]
+    free = [s["metadata"]["name"] for s in items
+            if s["metadata"]["labels"].get("agents.kruise.io/sandbox-claimed") != "true"]
+    token = "t" * 32
+
+    def patch(take: bool) -> float:
+        name = free.pop()
+        rv = api.call("GET", f"{SANDBOXES}/{name}")["metadata"]["resourceVersion"]
+        if take:
+            body = {"metadata": {"resourceVersion": rv, "ownerReferences": None,
+                                 "labels": {"agents.kruise.io/sandbox-claimed": "true"},
+                                 "annotations": {"agents.kruise.io/lock": "bench", "agents.kruise.io/owner": "bench",
+                                                 "agents.kruise.io/claim-timestamp": "2026-01-01T00:00:00.000Z",
+                                                 "agents.kruise.io/init-runtime-request": json.dumps({"accessToken": token}),
+                                                 "agents.kruise.io/runtime-access-token": token}},
+                    "spec": {"shutdownTime": "2099-01-01T00:00:00Z"}}
+        else:
+            body = {"metadata": {"resourceVersion": rv, "labels": {"bench": "label-only"}}}
+        t = time.perf_counter()
+        api.call("PATCH", f"{SANDBOXES}/{name}", body, content_type="application/merge-patch+json")
+        return time.perf_counter() - t
+
+    def series(take: bool, pause: float) -> list[float]:
+        out = []
+        for _ in range(n):
+            out.append(patch(take))
+            time.sleep(pause)
+        return out
+
+    controller = subprocess.run(["pgrep", "-f", f"{os.environ['SANDBOX_CONTROLLER_BIN']} --metrics"],
+                                capture_output=True, text=True).stdout.split()
+    rows = [("take, spaced 0.5 s (refill settles)", series(True, 0.5)),
+            ("label-only patch, spaced 0.5 s", series(False, 0.5)),
+            ("take, back to back (refill beside it)", series(True, 0)),
+            ("label-only patch, back to back", series(False, 0))]
+    time.sleep(2)
+    for pid in controller:
+        os.kill(int(pid), signal.SIGSTOP)
+    try:
+        rows += [("take, back to back, controller stopped", series(True, 0)),
+                 ("label-only patch, back to back, controller stopped", series(False, 0))]
+    finally:
+        for pid in controller:
+            os.kill(int(pid), signal.SIGCONT)
+    return rows
 
 
 def stage_sums(stack) -> dict[str, tuple[float, float]]:
@@ -202,7 +258,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pool", type=int, default=500)
     ap.add_argument("--claims", type=int, default=500)
+    ap.add_argument("--take-cost", action="store_true", help="only the take's apiserver cost (module doc)")
     args = ap.parse_args()
+    if args.take_cost:
+        args.pool = min(args.pool, 150)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-claim-"))
     stack = Stack(run_dir=run_dir, extra_env={"POOL_SIZE": str(args.pool), "MANAGER_REPLICAS": "1",
                                               "GATEWAY_LOG_LEVEL": "error"})
@@ -210,6 +269,21 @@ def main():
     stack.launch(timeout=1200)
     os.environ["KUBECONFIG"] = stack.env["KUBECONFIG"]
     rows, stage_rows, budget = [], [], []
+    if args.take_cost:
+        try:
+            api = ApiServer(stack.env["KUBECONFIG"])
+            wait_pool(args.pool)
+            cost = take_cost(api, 20)
+        finally:
+            stack.stop()
+        print()
+        print(f"take cost: pool sandbox patches straight to the apiserver (warm pool {args.pool}, release binaries)")
+        print("| what | n | p50 | p99 | mean |")
+        print("|---|---|---|---|---|")
+        for name, xs in cost:
+            ms = [x * 1000 for x in xs]
+            print(f"| {name} | {len(ms)} | {pct(ms, 50):.2f} ms | {pct(ms, 99):.2f} ms | {statistics.mean(ms):.2f} ms |")
+        return
     try:
         api = ApiServer(stack.env["KUBECONFIG"])
         floor1 = floor(api, 1, 100)
