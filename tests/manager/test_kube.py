@@ -3,7 +3,8 @@ sandbox-manager replicas sharing nothing but the apiserver never hand one sandbo
 also when the pool runs dry and sandboxes are created on no stock; the claim timeout without
 stock; and a replica killed during a burst leaves no sandbox taken forever (every take carries
 the sandbox's shutdownTime, so what the dead replica took expires) while the other replica keeps
-serving and the killed one, restarted, serves again.
+serving and the killed one, restarted, serves again — also for a never-timeout sandbox, whose
+take carries a provisional deadline that the create removes only when it answers.
 """
 
 import json
@@ -159,6 +160,47 @@ def test_a_replica_killed_during_a_burst(stack, kill_after):
     create_on(stack, 1, again)
     assert again[0][0] == 201, again
     kill_after.append(again[0][1]["sandboxID"])
+
+
+def sandbox_id_of(cr: dict) -> str | None:
+    return cr["metadata"].get("labels", {}).get("agents.kruise.io/sandbox-id")
+
+
+def test_a_never_timeout_sandbox_taken_by_a_dead_replica_expires(stack, kill_after):
+    never = {EXT + "never-timeout": "true"}
+    # Answered: the provisional deadline is gone, the sandbox never times out.
+    done: list = []
+    create_on(stack, 0, done, metadata=never)
+    assert done[0][0] == 201, done
+    kill_after.append(done[0][1]["sandboxID"])
+    [cr] = [c for c in claimed_crs() if sandbox_id_of(c) == done[0][1]["sandboxID"]]
+    assert not cr["spec"].get("shutdownTime"), cr["spec"]
+    # Not answered: the gateway is held (SIGSTOP), so the create waits for its route after the
+    # take; the replica dies there.
+    [envoy] = [int(p.split(":", 1)[0]) for p in processes_mentioning(str(stack.run_dir / "envoy.yaml"))]
+    victim = manager_pid(stack, 1)
+    before = {sandbox_id_of(c) for c in claimed_crs()}
+    results: list = []
+    creating = threading.Thread(target=create_on, args=(stack, 1, results), kwargs={"metadata": never})
+    started = time.time()
+    os.kill(envoy, signal.SIGSTOP)
+    try:
+        creating.start()
+        [taken] = wait_until(lambda: [c for c in claimed_crs() if sandbox_id_of(c) not in before],
+                             timeout=60, interval=0.02, what="the take of the never-timeout create")
+        os.kill(victim, signal.SIGKILL)
+        creating.join()
+    finally:
+        os.kill(envoy, signal.SIGCONT)
+    kill_after.append(sandbox_id_of(taken))
+    assert results and results[0][0] != 201, results
+    # The controller deletes it at the provisional deadline: within the claim bound (60 s), a
+    # created sandbox's start (30 s), the route wait (5 s) and a minute, from the take.
+    import datetime
+    deadline = datetime.datetime.fromisoformat(taken["spec"]["shutdownTime"].replace("Z", "+00:00")).timestamp()
+    assert started < deadline <= time.time() + 60 + 30 + 5 + 60 + 5, taken["spec"]
+    wait_until(lambda: manager_pid_or_none(stack, 1) not in (None, victim), timeout=30, what="replica 1 restarted")
+    wait_until(lambda: ready(stack, 1), timeout=60, what="replica 1 ready again")
 
 
 def manager_pid_or_none(stack, replica):

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use sandbox_api::Sandbox;
 use sandbox_api::keys::*;
@@ -290,7 +290,13 @@ impl KubeBackend {
             .to_string(),
         );
         let spec_fields = if spec.extensions.never_timeout {
-            json!({"shutdownTime": null, "pauseTime": null})
+            // A provisional deadline until the create answers (`create` then removes it): a
+            // replica that dies between the take and its answer leaves a sandbox the controller
+            // deletes at this time, not one claimed forever.
+            let end = Timestamp::now()
+                .checked_add(SignedDuration::try_from(self.claim_bound(spec)).unwrap_or(FOREVER))
+                .unwrap_or(Timestamp::MAX);
+            json!({"shutdownTime": k8s_time(end), "pauseTime": null})
         } else {
             let end = Timestamp::now()
                 .checked_add(SignedDuration::try_from(spec.timeout).unwrap_or(FOREVER))
@@ -304,6 +310,44 @@ impl KubeBackend {
             m.spec = o;
         }
         m
+    }
+
+    /// The longest a create can take from its take to its answer: the claim bound, a created
+    /// sandbox's start, the route wait, and a minute of slack.
+    fn claim_bound(&self, spec: &CreateSpec) -> Duration {
+        spec.extensions
+            .claim_timeout
+            .unwrap_or(self.cfg.claim_timeout)
+            + spec
+                .extensions
+                .wait_ready_timeout
+                .unwrap_or(self.cfg.wait_ready_timeout)
+            + self.cfg.route_wait
+            + Duration::from_secs(60)
+    }
+
+    /// A never-timeout sandbox loses its provisional deadline once its create succeeded. If that
+    /// write fails, the sandbox is deleted (it would die at the provisional time) and the create
+    /// fails.
+    async fn drop_provisional_deadline(&self, s: &Sandbox) -> BackendResult<Sandbox> {
+        let api = self.api(&s.namespace().unwrap_or_default());
+        let patch = json!({"spec": {"shutdownTime": null}});
+        match api
+            .patch(&s.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(updated) => {
+                self.index.wrote(&updated);
+                Ok(updated)
+            }
+            Err(e) => {
+                let _ = api.delete(&s.name_any(), &DeleteParams::default()).await;
+                Err(internal(format!(
+                    "claimed {} but could not make it never time out: {e}",
+                    s.name_any()
+                )))
+            }
+        }
     }
 
     /// Refuses labels Kubernetes would, and the extension keys this backend does not carry out
@@ -403,6 +447,10 @@ impl Backend for KubeBackend {
         }
         self.metrics.count_conflicts(report.conflicts);
         match report.outcome {
+            Ok(claimed) if spec.extensions.never_timeout => {
+                let s = self.drop_provisional_deadline(&claimed.sandbox).await?;
+                self.record(&s, &id)
+            }
             Ok(claimed) => self.record(&claimed.sandbox, &id),
             Err(e @ (ClaimError::NoStock | ClaimError::RateLimited)) => {
                 Err(BackendError::Unavailable {
