@@ -154,7 +154,7 @@ for ((i = 0; i < replicas; i++)); do
     mkdir -p "$run_dir/manager-$i"
     # shellcheck disable=SC2086
     supervise "$SANDBOX_MANAGER_BIN" --backend kube --listen "127.0.0.1:$(port_of "$i")" \
-        --data-dir "$run_dir/manager-$i" --admin-api-key "$key" --namespace default \
+        --data-dir "$run_dir/manager-$i" --admin-api-key "$key" \
         --xds-address "http://127.0.0.1:$xds_port" --min-gateways 1 ${MANAGER_ARGS:-} \
         >>"$run_dir/manager-$i.log" 2>&1 &
     pids+=($!)

@@ -232,3 +232,38 @@ def kill_after(stack):
             stack.request("DELETE", f"/sandboxes/{sid}", timeout=30)
         except OSError:
             pass
+
+
+@pytest.fixture
+def team_pool(stack):
+    """Gives team `name` the template `base` it creates from. On the local stack templates are
+    global, so nothing is needed; on the Kubernetes stack a team's templates are the SandboxSets
+    in the namespace named after it, so this creates that namespace with a SandboxSet `base` of
+    one warm sandbox, waits until it is warm, and deletes the namespace (and so every sandbox of
+    the team) after the test."""
+    made: list[str] = []
+
+    def make(name: str) -> None:
+        if KIND != "kube":
+            return
+        kubectl = os.environ["KUBECTL_BIN"]
+        subprocess.run([kubectl, "create", "namespace", name], check=True, capture_output=True, timeout=60)
+        made.append(name)
+        manifest = (f"apiVersion: agents.kruise.io/v1alpha1\nkind: SandboxSet\nmetadata: {{name: base, namespace: {name}}}\n"
+                    "spec:\n  replicas: 1\n  template:\n    spec:\n      containers: [{name: main, image: agent-runtime}]\n")
+        subprocess.run([kubectl, "apply", "-f", "-"], input=manifest, text=True, check=True, capture_output=True, timeout=60)
+
+        def warm() -> bool:
+            out = subprocess.run([kubectl, "get", "sandboxset", "base", "-n", name, "-o",
+                                  "jsonpath={.status.availableReplicas}"], capture_output=True, text=True, timeout=60)
+            return out.stdout.strip() not in ("", "0")
+
+        deadline = time.monotonic() + 120
+        while not warm():
+            assert time.monotonic() < deadline, f"SandboxSet {name}/base did not warm within 2 minutes"
+            time.sleep(0.2)
+
+    yield make
+    for name in made:
+        subprocess.run([os.environ["KUBECTL_BIN"], "delete", "namespace", name, "--wait=false"],
+                       capture_output=True, timeout=60)

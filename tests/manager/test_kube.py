@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections import Counter
 
 import pytest
@@ -66,13 +67,29 @@ def burst(stack, per_replica: dict[int, int], **kw) -> list:
     return results
 
 
-def test_two_replicas_never_hand_out_one_sandbox_twice(stack, kill_after):
-    # 30 creates, half on each replica, against a warm pool of 4: most are created on no stock.
-    results = burst(stack, {0: 15, 1: 15})
+def pool_available() -> int:
+    status = json.loads(kubectl("get", "sandboxset", "base", "-n", "default", "-o", "json")).get("status", {})
+    return status.get("availableReplicas", 0)
+
+
+@pytest.fixture
+def pool_of_50():
+    """SandboxSet base scaled to 50 warm sandboxes for one test, back to its size after."""
+    before = json.loads(kubectl("get", "sandboxset", "base", "-n", "default", "-o", "json"))["spec"]["replicas"]
+    kubectl("patch", "sandboxset", "base", "-n", "default", "--type=merge", "-p", '{"spec":{"replicas":50}}')
+    wait_until(lambda: pool_available() >= 50, timeout=240, interval=0.5, what="a warm pool of 50")
+    yield
+    kubectl("patch", "sandboxset", "base", "-n", "default", "--type=merge", "-p",
+            json.dumps({"spec": {"replicas": before}}))
+
+
+def test_two_replicas_never_hand_out_one_sandbox_twice(stack, pool_of_50, kill_after):
+    # 200 creates, half on each replica, against a warm pool of 50: 150 are created on no stock.
+    results = burst(stack, {0: 100, 1: 100})
     ids = [b["sandboxID"] for s, b in results if s == 201]
     kill_after.extend(ids)
-    assert [s for s, _ in results] == [201] * 30, [r for r in results if r[0] != 201][:3]
-    assert len(set(ids)) == 30
+    assert [s for s, _ in results] == [201] * 200, [r for r in results if r[0] != 201][:3]
+    assert len(set(ids)) == 200
     # Each id names exactly one claimed Sandbox CR, and no CR carries two ids.
     by_id = Counter(s["metadata"]["labels"].get("agents.kruise.io/sandbox-id") for s in claimed_crs())
     assert all(by_id[i] == 1 for i in ids), {i: by_id[i] for i in ids if by_id[i] != 1}
@@ -95,9 +112,16 @@ def test_two_replicas_never_hand_out_one_sandbox_twice(stack, kill_after):
     assert failures == []
     # Both replicas see every sandbox (each from its own watch).
     for replica in (0, 1):
-        status, listed, _ = stack.request("GET", "/v2/sandboxes?limit=100", base=stack.replica_url(replica))
-        assert status == 200, listed
-        assert set(ids) <= {s["sandboxID"] for s in listed}, replica
+        listed, token = [], ""
+        while True:
+            query = "?limit=100" + (f"&nextToken={urllib.parse.quote(token)}" if token else "")
+            status, page, headers = stack.request("GET", "/v2/sandboxes" + query, base=stack.replica_url(replica))
+            assert status == 200, page
+            listed += [s["sandboxID"] for s in page]
+            token = headers.get("x-next-token")
+            if not token:
+                break
+        assert set(ids) <= set(listed), replica
 
 
 def test_claim_timeout_without_stock(stack):

@@ -223,8 +223,8 @@ async def test_bearer_keys_are_accepted(stack):
         assert {t.name for t in (await client.list_tools()).tools} == TOOLS
 
 
-@pytest.mark.local_only  # a second team needs its own namespace and pool on kube
-async def test_another_team_cannot_use_the_admins_sandbox(stack):
+async def test_another_team_cannot_use_the_admins_sandbox(stack, team_pool):
+    team_pool("team-mcp")
     async with admin_client(stack) as admin:
         other_key = create_key(stack, "team-mcp")
         sid = (await call_ok(admin, "create_sandbox", {"timeout": 120}))["sandbox_id"]
