@@ -72,15 +72,24 @@ def pool_available() -> int:
     return status.get("availableReplicas", 0)
 
 
+def pods() -> list[dict]:
+    return json.loads(kubectl("get", "pods", "-n", "default", "-o", "json"))["items"]
+
+
 @pytest.fixture
 def pool_of_50():
-    """SandboxSet base scaled to 50 warm sandboxes for one test, back to its size after."""
+    """SandboxSet base scaled to 50 warm sandboxes for one test, back to its size after — and
+    the cluster settled (every pod of the test gone), so the next tests do not run beside the
+    deletion of some 250 pods."""
     before = json.loads(kubectl("get", "sandboxset", "base", "-n", "default", "-o", "json"))["spec"]["replicas"]
+    pods_before = len(pods())
     kubectl("patch", "sandboxset", "base", "-n", "default", "--type=merge", "-p", '{"spec":{"replicas":50}}')
     wait_until(lambda: pool_available() >= 50, timeout=240, interval=0.5, what="a warm pool of 50")
     yield
     kubectl("patch", "sandboxset", "base", "-n", "default", "--type=merge", "-p",
             json.dumps({"spec": {"replicas": before}}))
+    wait_until(lambda: len(pods()) <= pods_before and pool_available() >= before, timeout=300, interval=0.5,
+               what="the pods of the burst deleted and the pool back to its size")
 
 
 def test_two_replicas_never_hand_out_one_sandbox_twice(stack, pool_of_50, kill_after):
