@@ -20,10 +20,14 @@ controller's refill of each taken sandbox settles in between), back to back (the
 beside the next take, as in a burst of creates), and back to back with the controller stopped
 (SIGSTOP: no refill); plus a label-only patch of a pool sandbox in each case.
 
+With --requests it measures what one create sets off: 40 sequential creates with the controller
+running, the apiserver's own request counts and times per verb and resource over them (its
+/metrics), and the per-stage means; then 40 more with the controller stopped (SIGSTOP).
+
 Budgets (issue 11): at 20 concurrent p50 <= 30 ms and p99 <= 150 ms; >= 200 creates/s at 100
 concurrent; N = 500 SandboxClaims satisfied in <= 10 s. Prints tables; never fails on timings.
 
-usage: python benches/claim/bench.py [--pool 500] [--claims 500] [--take-cost]
+usage: python benches/claim/bench.py [--pool 500] [--claims 500] [--take-cost | --requests]
 """
 
 import argparse
@@ -171,6 +175,73 @@ def take_cost(api: ApiServer, n: int) -> list[tuple[str, list[float]]]:
     return rows
 
 
+def apiserver_requests(api: ApiServer) -> dict[tuple[str, str], tuple[float, float]]:
+    """(seconds, count) per (verb, resource) from the apiserver's request-duration histogram."""
+    c = http.client.HTTPSConnection(api.host, api.port, context=api.ctx, timeout=30)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for m in re.finditer(r"^apiserver_request_duration_seconds_(sum|count)\{(.*?)\} (\S+)$", text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+        key = (labels.get("verb", ""), labels.get("resource", "") + ("/" + labels["subresource"] if labels.get("subresource") else ""))
+        s, n = out.get(key, (0.0, 0.0))
+        out[key] = (s + float(m.group(3)), n) if m.group(1) == "sum" else (s, n + float(m.group(3)))
+    return out
+
+
+def sequential_creates(stack, n: int) -> tuple[list[float], list[str], dict[str, float]]:
+    """`n` creates one after another; latencies, ids, mean seconds per claim stage."""
+    before, lat, ids = stage_sums(stack), [], []
+    for _ in range(n):
+        t = time.perf_counter()
+        status, body, _ = stack.request("POST", "/v2/sandboxes", {"templateID": "base", "timeout": 600})
+        lat.append(time.perf_counter() - t)
+        if status != 201:
+            raise RuntimeError(f"create: {status} {body}")
+        ids.append(body["sandboxID"])
+    after = stage_sums(stack)
+    stages = {k: (s - before.get(k, (0, 0))[0]) / max(1.0, c - before.get(k, (0, 0))[1]) for k, (s, c) in after.items()}
+    return lat, ids, stages
+
+
+def requests_per_create(stack, api: ApiServer, n: int = 40):
+    """The --requests mode (module doc)."""
+    time.sleep(3)
+    m0 = apiserver_requests(api)
+    lat, ids, stages = sequential_creates(stack, n)
+    time.sleep(2)
+    m1 = apiserver_requests(api)
+    for i in ids:
+        stack.request("DELETE", f"/sandboxes/{i}")
+    rows = sorted(((s - m0.get(k, (0, 0))[0], c - m0.get(k, (0, 0))[1], k) for k, (s, c) in m1.items()
+                   if c - m0.get(k, (0, 0))[1] > 0), reverse=True)
+    wait_pool(n)
+    time.sleep(3)
+    controller = subprocess.run(["pgrep", "-f", f"{os.environ['SANDBOX_CONTROLLER_BIN']} --metrics"],
+                                capture_output=True, text=True).stdout.split()
+    for pid in controller:
+        os.kill(int(pid), signal.SIGSTOP)
+    try:
+        lat_stopped, ids_stopped, stages_stopped = sequential_creates(stack, n)
+    finally:
+        for pid in controller:
+            os.kill(int(pid), signal.SIGCONT)
+    for i in ids_stopped:
+        stack.request("DELETE", f"/sandboxes/{i}")
+    print()
+    print(f"what {n} sequential creates set off (the apiserver's own metrics, over the creates and 2 s after)")
+    print("| verb | resource | requests | per create | mean latency |")
+    print("|---|---|---|---|---|")
+    for s, c, (verb, res) in rows[:12]:
+        print(f"| {verb} | {res} | {int(c)} | {c / n:.1f} | {s / c * 1000:.2f} ms |")
+    print()
+    print("| controller | create p50 | create p99 | " + " | ".join(("pick", "take", "init", "route")) + " |")
+    print("|---|---|---|---|---|---|---|")
+    for name, xs, st in (("running", lat, stages), ("stopped (SIGSTOP)", lat_stopped, stages_stopped)):
+        print(f"| {name} | {pct(xs, 50) * 1000:.2f} ms | {pct(xs, 99) * 1000:.2f} ms | "
+              + " | ".join(f"{st.get(k, 0) * 1000:.2f} ms" for k in ("pick", "take", "init", "route")) + " |")
+
+
 def stage_sums(stack) -> dict[str, tuple[float, float]]:
     """(sum seconds, count) per claim stage from the manager's /metrics."""
     _, text, _ = stack.request("GET", "/metrics", key=None)
@@ -259,8 +330,9 @@ def main():
     ap.add_argument("--pool", type=int, default=500)
     ap.add_argument("--claims", type=int, default=500)
     ap.add_argument("--take-cost", action="store_true", help="only the take's apiserver cost (module doc)")
+    ap.add_argument("--requests", action="store_true", help="only what one create sets off (module doc)")
     args = ap.parse_args()
-    if args.take_cost:
+    if args.take_cost or args.requests:
         args.pool = min(args.pool, 150)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-claim-"))
     stack = Stack(run_dir=run_dir, extra_env={"POOL_SIZE": str(args.pool), "MANAGER_REPLICAS": "1",
@@ -269,6 +341,13 @@ def main():
     stack.launch(timeout=1200)
     os.environ["KUBECONFIG"] = stack.env["KUBECONFIG"]
     rows, stage_rows, budget = [], [], []
+    if args.requests:
+        try:
+            wait_pool(args.pool)
+            requests_per_create(stack, ApiServer(stack.env["KUBECONFIG"]))
+        finally:
+            stack.stop()
+        return
     if args.take_cost:
         try:
             api = ApiServer(stack.env["KUBECONFIG"])
