@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
@@ -54,6 +54,8 @@ pub struct Context {
     /// pool from the apiserver on every reconcile (a stale candidate just loses its
     /// resourceVersion check).
     pub sandbox_store: OnceLock<Store<Sandbox>>,
+    /// The sandbox pods as the Sandbox controller's pod watch last saw them.
+    pub pod_store: OnceLock<Store<Pod>>,
     /// resourceVersion of our last write per sandbox UID: a reconcile that sees an older
     /// version in the cache waits for the watch to catch up instead of acting on stale data.
     written: Mutex<HashMap<String, u64>>,
@@ -83,6 +85,7 @@ impl Context {
             runtime,
             claims,
             sandbox_store: OnceLock::new(),
+            pod_store: OnceLock::new(),
             written: Mutex::new(HashMap::new()),
         })
     }

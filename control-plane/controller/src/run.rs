@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{Controller, watcher};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use sandbox_api::keys::{LABEL_CREATED_BY, LABEL_SANDBOX_POOL, LABEL_UPDATE_OPS};
 use sandbox_api::{Sandbox, SandboxClaim, SandboxSet, SandboxUpdateOps};
@@ -58,10 +58,19 @@ pub async fn run_controllers(
     let sandboxes_for_ops = sandboxes.clone();
     let pod_cfg = watcher::Config::default().labels(&format!("{LABEL_CREATED_BY}=sandbox"));
 
+    // The sandbox pods through one reflected watch: its store answers the Sandbox reconciles'
+    // pod reads, and its events trigger them (a pod event is in the store before the reconcile
+    // it triggers runs).
+    let (pod_reader, pod_writer) = reflector::store();
+    let pod_events = watcher(pods, pod_cfg)
+        .default_backoff()
+        .reflect(pod_writer)
+        .touched_objects();
+    let _ = ctx.pod_store.set(pod_reader);
     let sandbox_ctl = Controller::new(sandboxes.clone(), watcher::Config::default());
     let _ = ctx.sandbox_store.set(sandbox_ctl.store());
     let sandbox_ctl = sandbox_ctl
-        .owns(pods, pod_cfg)
+        .owns_stream(pod_events)
         .with_config(kube::runtime::controller::Config::default().concurrency(workers.sandbox))
         .graceful_shutdown_on(shutdown(stop.clone()))
         .run(

@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, PodTempl
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use sandbox_api::keys::*;
 use sandbox_api::types::condition as cond;
@@ -190,6 +191,26 @@ async fn inplace_update(
     Ok(())
 }
 
+/// The sandbox's pod: from the pod watch's store when it has it (no request), else read from the
+/// apiserver — a pod this controller just created, or one the store has not listed yet, is never
+/// taken for missing (which would create it twice). A cached pod may be a moment old; its newer
+/// version triggers another reconcile when the watch delivers it.
+async fn sandbox_pod(
+    ctx: &Context,
+    pods: &Api<Pod>,
+    ns: &str,
+    name: &str,
+) -> Result<Option<Arc<Pod>>> {
+    let cached = ctx
+        .pod_store
+        .get()
+        .and_then(|store| store.get(&ObjectRef::<Pod>::new(name).within(ns)));
+    match cached {
+        Some(pod) => Ok(Some(pod)),
+        None => Ok(pods.get_opt(name).await?.map(Arc::new)),
+    }
+}
+
 async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action> {
     let ns = sbx.namespace().unwrap_or_default();
     let name = sbx.name_any();
@@ -203,7 +224,7 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
         // Our own newer write is on its way through the watch; act on that, not on this.
         return Ok(Action::requeue(Duration::from_millis(100)));
     }
-    let pod = pods.get_opt(&name).await?;
+    let pod = sandbox_pod(&ctx, &pods, &ns, &name).await?;
     let deleting = sbx.metadata.deletion_timestamp.is_some();
     let terminal = sbx.phase().is_some_and(SandboxPhase::is_terminal);
 
@@ -222,7 +243,7 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
     let revision = sandbox_revision(&sbx.spec);
     let plan = lifecycle::plan(&Observed {
         sandbox: &sbx,
-        pod: PodFacts::from_pod(pod.as_ref()),
+        pod: PodFacts::from_pod(pod.as_deref()),
         now,
         revision: revision.clone(),
         immutable_hash: template.as_ref().map(immutable_part_hash),
