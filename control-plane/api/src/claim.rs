@@ -259,6 +259,25 @@ pub fn new_sandbox_from_set(set: &crate::SandboxSet, revision: &str) -> Sandbox 
     }
 }
 
+/// The HTTP status of an apiserver answer (`None` when the request got no answer).
+pub fn api_status(e: &kube::Error) -> Option<u16> {
+    match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    }
+}
+
+/// Whether the apiserver answered `e` with HTTP `code`.
+pub fn is_status(e: &kube::Error, code: u16) -> bool {
+    api_status(e) == Some(code)
+}
+
+/// A failed take patch, as the claim engine reads it (`TakeError::from_status`): every
+/// `SandboxStore` over the apiserver maps its take's errors here.
+pub fn take_error(e: kube::Error) -> sandbox_core::TakeError<kube::Error> {
+    sandbox_core::TakeError::from_status(api_status(&e), e)
+}
+
 /// RFC 7386 JSON merge patch of `patch` into `doc`.
 pub fn merge(doc: &mut Value, patch: &Value) {
     let Value::Object(p) = patch else {

@@ -35,7 +35,5 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// True for an API error with this HTTP status.
-pub fn is_status(e: &kube::Error, code: u16) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == code)
-}
+/// True for an API error with this HTTP status (one definition, in sandbox-api).
+pub use sandbox_api::claim::is_status;

@@ -38,6 +38,28 @@ pub enum TakeError<E> {
     Failed(E),
 }
 
+impl<E> TakeError<E> {
+    /// A failed guarded write by the HTTP status its answer carried: 409 (the version moved on:
+    /// another claimer won) and 404 (the sandbox is gone) send the claim to the next candidate,
+    /// anything else (or no answer) fails the attempt.
+    pub fn from_status(status: Option<u16>, error: E) -> Self {
+        match status {
+            Some(409) => TakeError::Conflict,
+            Some(404) => TakeError::Gone,
+            _ => TakeError::Failed(error),
+        }
+    }
+
+    /// The same outcome with the store error converted.
+    pub fn map_failed<F>(self, f: impl FnOnce(E) -> F) -> TakeError<F> {
+        match self {
+            TakeError::Conflict => TakeError::Conflict,
+            TakeError::Gone => TakeError::Gone,
+            TakeError::Failed(e) => TakeError::Failed(f(e)),
+        }
+    }
+}
+
 /// The adapter's side of a claim. Methods are called for the one claim the store was made for.
 #[async_trait]
 pub trait SandboxStore: Send + Sync {
@@ -72,5 +94,32 @@ pub trait SandboxStore: Send + Sync {
     /// the gateways route to it); nothing by default.
     async fn route(&self, _sandbox: &Self::Sandbox) -> Result<(), Self::Error> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TakeError;
+
+    #[test]
+    fn take_errors_by_status() {
+        assert!(matches!(
+            TakeError::from_status(Some(409), "x"),
+            TakeError::Conflict
+        ));
+        assert!(matches!(
+            TakeError::from_status(Some(404), "x"),
+            TakeError::Gone
+        ));
+        assert!(matches!(
+            TakeError::from_status(Some(500), "x"),
+            TakeError::Failed("x")
+        ));
+        assert!(matches!(
+            TakeError::from_status(None, "x"),
+            TakeError::Failed("x")
+        ));
+        let mapped = TakeError::from_status(Some(503), 7).map_failed(|n| n * 2);
+        assert!(matches!(mapped, TakeError::Failed(14)));
     }
 }

@@ -16,6 +16,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
+use sandbox_api::claim::take_error;
 use sandbox_api::keys::*;
 use sandbox_api::state::{SandboxState, sandbox_state};
 use sandbox_api::{Sandbox, SandboxClaim, SandboxClaimStatus, SandboxSet};
@@ -180,9 +181,7 @@ impl SandboxStore for KubeClaimStore<'_> {
                 self.wrote(&updated);
                 Ok(Arc::new(updated))
             }
-            Err(e) if is_status(&e, 409) => Err(TakeError::Conflict),
-            Err(e) if is_status(&e, 404) => Err(TakeError::Gone),
-            Err(e) => Err(TakeError::Failed(e)),
+            Err(e) => Err(take_error(e)),
         }
     }
 

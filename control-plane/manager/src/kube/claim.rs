@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use sandbox_api::claim::{Take, new_sandbox_from_set};
+use sandbox_api::claim::{Take, new_sandbox_from_set, take_error};
 use sandbox_api::keys::*;
 use sandbox_api::{Sandbox, SandboxSet};
 use sandbox_core::{ClaimIdentity, Pool, SandboxStore, TakeError};
@@ -34,9 +34,7 @@ pub enum StoreError {
     NoRevision(String),
 }
 
-pub fn is_status(e: &kube::Error, code: u16) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == code)
-}
+pub use sandbox_api::claim::is_status;
 
 /// What the manager writes on the sandbox it takes, besides the shared marks.
 #[derive(Debug, Clone, Default)]
@@ -99,9 +97,7 @@ impl SandboxStore for ManagerStore<'_> {
                 self.index.wrote(&updated);
                 Ok(Arc::new(updated))
             }
-            Err(e) if is_status(&e, 409) => Err(TakeError::Conflict),
-            Err(e) if is_status(&e, 404) => Err(TakeError::Gone),
-            Err(e) => Err(TakeError::Failed(e.into())),
+            Err(e) => Err(take_error(e).map_failed(StoreError::from)),
         }
     }
 
