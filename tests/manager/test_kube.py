@@ -269,3 +269,31 @@ def test_keys_live_in_a_secret_shared_by_the_replicas(stack):
     assert status in (200, 204), body
     wait_until(lambda: stack.request("GET", "/v2/sandboxes", key=raw, base=stack.replica_url(0))[0] == 401,
                timeout=30, what="replica 0 to refuse the deleted key")
+
+
+def test_cpu_keys_resize_the_claimed_sandbox_in_place(stack, kill_after):
+    """cpu-request / cpu-limit: the take writes them into container 0 of the sandbox's template
+    (only values the template already sets; memory untouched), the controller resizes the pod in
+    place, and the sandbox keeps working. Bad quantities are a 400 naming the key."""
+    done: list = []
+    create_on(stack, 0, done, metadata={EXT + "cpu-request": "250m", EXT + "cpu-limit": "1500m"})
+    assert done[0][0] == 201, done
+    sid = done[0][1]["sandboxID"]
+    kill_after.append(sid)
+    [cr] = [c for c in claimed_crs() if sandbox_id_of(c) == sid]
+    res = cr["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert res["requests"] == {"cpu": "250m", "memory": "512Mi"}, res
+    assert res["limits"] == {"cpu": "1500m", "memory": "512Mi"}, res
+    pod = cr["metadata"]["name"]
+
+    def resized():
+        p = json.loads(kubectl("get", "pod", pod, "-n", "default", "-o", "json"))
+        r = p["spec"]["containers"][0]["resources"]
+        return r["requests"]["cpu"] == "250m" and r["limits"]["cpu"] == "1500m"
+
+    wait_until(resized, timeout=60, interval=0.2, what="the pod resized in place")
+    assert Sandbox.connect(sid).commands.run("echo still here").stdout == "still here\n"
+    for key, bad in (("cpu-request", "0"), ("cpu-limit", "-1"), ("cpu-request", "lots")):
+        out: list = []
+        create_on(stack, 0, out, metadata={EXT + key: bad})
+        assert out[0][0] == 400 and key in str(out[0][1]), out

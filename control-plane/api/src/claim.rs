@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
 use sandbox_core::{ClaimIdentity, ClaimableSandbox, PickFacts, ReadinessFacts};
 use serde_json::{Value, json};
@@ -195,6 +197,66 @@ impl<'a> Take<'a> {
             .insert(ANNOTATION_SANDBOX_PRIORITY.into(), "100".into());
         Ok(sbx)
     }
+}
+
+/// What a claim changes in place on the sandbox's first container (upstream's in-place update:
+/// the SandboxClaim's `inplaceUpdate`, the manager's `image` / `cpu-request` / `cpu-limit`
+/// keys). CPU changes only a request or limit the template already sets (non-zero); memory is
+/// never resized.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InPlaceChange {
+    pub image: Option<String>,
+    pub cpu_request: Option<Quantity>,
+    pub cpu_limit: Option<Quantity>,
+}
+
+impl InPlaceChange {
+    pub fn is_empty(&self) -> bool {
+        self.image.is_none() && self.cpu_request.is_none() && self.cpu_limit.is_none()
+    }
+
+    /// Applies the change to container 0 of `template`.
+    pub fn apply(&self, template: &mut PodTemplateSpec) {
+        let Some(c) = template
+            .spec
+            .as_mut()
+            .and_then(|s| s.containers.first_mut())
+        else {
+            return;
+        };
+        if let Some(image) = self.image.as_ref().filter(|i| !i.is_empty()) {
+            c.image = Some(image.clone());
+        }
+        let r = c.resources.get_or_insert_with(Default::default);
+        let set_cpu = |target: &mut Option<BTreeMap<String, Quantity>>, cpu: &Option<Quantity>| {
+            if let (Some(cpu), Some(t)) = (cpu, target.as_mut())
+                && t.get("cpu").is_some_and(|q| !q.0.is_empty() && q.0 != "0")
+            {
+                t.insert("cpu".into(), cpu.clone());
+            }
+        };
+        set_cpu(&mut r.requests, &self.cpu_request);
+        set_cpu(&mut r.limits, &self.cpu_limit);
+    }
+}
+
+/// A positive CPU quantity as Kubernetes writes one: a decimal number of cores, optionally in
+/// millicores (`250m`, `0.5`, `2`); anything else (zero, negative, exponents, other suffixes)
+/// is refused with the reason.
+pub fn parse_cpu(v: &str) -> Result<Quantity, String> {
+    let digits = v.strip_suffix('m').unwrap_or(v);
+    let well_formed = !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && digits.matches('.').count() <= 1
+        && !digits.starts_with('.')
+        && !digits.ends_with('.');
+    if !well_formed {
+        return Err(format!("{v:?} is not a CPU quantity (like 500m or 2)"));
+    }
+    if digits.chars().all(|c| c == '0' || c == '.') {
+        return Err(format!("{v:?} must be positive"));
+    }
+    Ok(Quantity(v.to_string()))
 }
 
 /// A new pool sandbox for `set` at `revision` (upstream `NewSandboxFromSandboxSet`):
@@ -478,6 +540,42 @@ mod tests {
         assert_eq!(ann[ANNOTATION_OWNER], "o");
         assert_eq!(s.metadata.labels.unwrap()[LABEL_TEMPLATE_HASH], "h");
         assert!(s.spec.paused);
+    }
+
+    #[test]
+    fn in_place_change_touches_container_zero_and_only_set_cpu() {
+        let mut t: PodTemplateSpec = serde_json::from_value(json!({"spec": {"containers": [
+            {"name": "main", "image": "a:1", "resources": {"requests": {"cpu": "1", "memory": "1Gi"}}},
+            {"name": "side", "image": "b:1"}]}}))
+        .unwrap();
+        let change = InPlaceChange {
+            image: Some("a:2".into()),
+            cpu_request: Some(parse_cpu("250m").unwrap()),
+            cpu_limit: Some(parse_cpu("2").unwrap()),
+        };
+        change.apply(&mut t);
+        let c = &t.spec.as_ref().unwrap().containers;
+        assert_eq!(c[0].image.as_deref(), Some("a:2"));
+        let r = c[0].resources.as_ref().unwrap();
+        assert_eq!(r.requests.as_ref().unwrap()["cpu"].0, "250m");
+        assert_eq!(r.requests.as_ref().unwrap()["memory"].0, "1Gi");
+        assert!(
+            r.limits.is_none(),
+            "a limit the template does not set stays unset"
+        );
+        assert_eq!(c[1].image.as_deref(), Some("b:1"));
+    }
+
+    #[test]
+    fn cpu_quantities() {
+        for ok in ["250m", "2", "0.5", "1500m"] {
+            assert_eq!(parse_cpu(ok).unwrap().0, ok);
+        }
+        for bad in [
+            "", "0", "0m", "0.0", "-1", "1e3", "abc", "1Gi", ".5", "5.", "1.2.3", "m",
+        ] {
+            assert!(parse_cpu(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

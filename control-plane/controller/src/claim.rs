@@ -8,10 +8,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use sandbox_api::claim::Take;
+use sandbox_api::claim::{InPlaceChange, Take};
 use sandbox_api::duration::parse_go_duration;
 use sandbox_api::keys::*;
 use sandbox_api::types::claim_phase;
@@ -63,25 +62,14 @@ pub fn claimed_template(template: &PodTemplateSpec, claim: &SandboxClaim) -> Pod
             .get_or_insert_with(Default::default)
             .extend(extra);
     }
-    if let (Some(iu), Some(spec)) = (&claim.spec.inplace_update, t.spec.as_mut())
-        && let Some(c) = spec.containers.first_mut()
-    {
-        if let Some(image) = iu.image.as_ref().filter(|i| !i.is_empty()) {
-            c.image = Some(image.clone());
+    if let Some(iu) = &claim.spec.inplace_update {
+        let res = iu.resources.as_ref();
+        InPlaceChange {
+            image: iu.image.clone(),
+            cpu_request: res.and_then(|r| r.requests.get("cpu").cloned()),
+            cpu_limit: res.and_then(|r| r.limits.get("cpu").cloned()),
         }
-        if let Some(res) = &iu.resources {
-            let r = c.resources.get_or_insert_with(Default::default);
-            let apply = |target: &mut Option<BTreeMap<String, Quantity>>,
-                         src: &BTreeMap<String, Quantity>| {
-                if let (Some(cpu), Some(t)) = (src.get("cpu"), target.as_mut())
-                    && t.get("cpu").is_some_and(|q| !q.0.is_empty() && q.0 != "0")
-                {
-                    t.insert("cpu".into(), cpu.clone());
-                }
-            };
-            apply(&mut r.requests, &res.requests);
-            apply(&mut r.limits, &res.limits);
-        }
+        .apply(&mut t);
     }
     t
 }

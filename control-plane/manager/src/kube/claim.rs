@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use sandbox_api::claim::{Take, new_sandbox_from_set, take_error};
+use sandbox_api::claim::{InPlaceChange, Take, new_sandbox_from_set, take_error};
 use sandbox_api::keys::*;
 use sandbox_api::{Sandbox, SandboxSet};
 use sandbox_core::{ClaimIdentity, Pool, SandboxStore, TakeError};
@@ -32,6 +32,8 @@ pub enum StoreError {
     Route(String),
     #[error("SandboxSet {0} has no current revision yet; no sandbox can be created from it")]
     NoRevision(String),
+    #[error("SandboxSet {0} uses a templateRef: cpu-request and cpu-limit need an inline template")]
+    NoInlineTemplate(String),
 }
 
 pub use sandbox_api::claim::is_status;
@@ -43,6 +45,8 @@ pub struct Marks {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub spec: serde_json::Map<String, Value>,
+    /// The `cpu-request` / `cpu-limit` keys: container 0 resized in place by the controller.
+    pub in_place: InPlaceChange,
 }
 
 /// The store of one create.
@@ -87,7 +91,21 @@ impl SandboxStore for ManagerStore<'_> {
         candidate: &Arc<Sandbox>,
         identity: &ClaimIdentity,
     ) -> Result<Arc<Sandbox>, TakeError<StoreError>> {
-        let patch = Patch::Merge(self.take_of(identity).patch(candidate));
+        let mut take = self.take_of(identity);
+        if !self.marks.in_place.is_empty() {
+            // The whole template goes into the patch (a merge patch replaces lists), guarded by
+            // the same resourceVersion as the rest of the take.
+            let mut template = candidate.spec.template.clone().ok_or_else(|| {
+                TakeError::Failed(StoreError::NoInlineTemplate(self.set.name_any()))
+            })?;
+            self.marks.in_place.apply(&mut template);
+            take.spec.insert(
+                "template".into(),
+                serde_json::to_value(template)
+                    .map_err(|e| TakeError::Failed(StoreError::from(e)))?,
+            );
+        }
+        let patch = Patch::Merge(take.patch(candidate));
         match self
             .api
             .patch(&candidate.name_any(), &PatchParams::default(), &patch)
@@ -109,7 +127,10 @@ impl SandboxStore for ManagerStore<'_> {
             .as_ref()
             .and_then(|s| s.update_revision.clone())
             .ok_or_else(|| StoreError::NoRevision(self.set.name_any()))?;
-        let fresh = new_sandbox_from_set(&self.set, &revision);
+        let mut fresh = new_sandbox_from_set(&self.set, &revision);
+        if let Some(t) = fresh.spec.template.as_mut() {
+            self.marks.in_place.apply(t);
+        }
         let fresh = self.take_of(identity).apply_to_new(fresh)?;
         let created = self.api.create(&PostParams::default(), &fresh).await?;
         self.index.wrote(&created);

@@ -24,6 +24,7 @@ use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use sandbox_api::Sandbox;
+use sandbox_api::claim::{InPlaceChange, parse_cpu};
 use sandbox_api::keys::*;
 use sandbox_core::{
     ClaimEngine, ClaimError, ClaimOptions, EngineConfig, HttpRuntimeInit, RetryPolicy,
@@ -361,7 +362,13 @@ impl KubeBackend {
             }
         }
         /// What this backend carries out of the Kubernetes-only keys.
-        const SUPPORTED: [&str; 2] = ["reserve-failed-sandbox", "reserve-failed-sandbox-for"];
+        const SUPPORTED: [&str; 4] = [
+            "reserve-failed-sandbox",
+            "reserve-failed-sandbox-for",
+            "cpu-request",
+            "cpu-limit",
+        ];
+        Self::in_place_of(spec)?;
         match spec
             .extensions
             .kube
@@ -374,6 +381,28 @@ impl KubeBackend {
             ))),
             None => Ok(()),
         }
+    }
+
+    /// The `cpu-request` / `cpu-limit` keys, validated (a positive CPU quantity each).
+    fn in_place_of(spec: &CreateSpec) -> BackendResult<InPlaceChange> {
+        let cpu = |key: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|v| {
+                    parse_cpu(v).map_err(|why| {
+                        BackendError::BadRequest(format!(
+                            "Bad extension param: {}{key}: {why}",
+                            crate::extensions::PREFIX
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let k = &spec.extensions.kube;
+        Ok(InPlaceChange {
+            image: None,
+            cpu_request: cpu("cpu-request", &k.cpu_request)?,
+            cpu_limit: cpu("cpu-limit", &k.cpu_limit)?,
+        })
     }
 
     fn claim_options(&self, spec: &CreateSpec) -> ClaimOptions {
@@ -421,7 +450,8 @@ impl Backend for KubeBackend {
                 BackendError::NotFound(format!("template {} not found", spec.template_id))
             })?;
         let id = SandboxId::random();
-        let marks = self.marks(&spec, &id);
+        let mut marks = self.marks(&spec, &id);
+        marks.in_place = Self::in_place_of(&spec)?;
         let store = ManagerStore {
             index: &self.index,
             api: self.api(&set.namespace().unwrap_or_default()),
