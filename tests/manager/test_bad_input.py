@@ -93,10 +93,10 @@ def test_oversized_body_is_413(stack):
 
 def test_kubernetes_only_extension_keys_are_refused(stack):
     """The local backend refuses every Kubernetes-only key; the kube backend those it does not
-    carry out yet (it resizes CPU: test_kube.py)."""
-    refused = [("image", "busybox:latest"), ("csi-volume-name", "pv")]
+    carry out yet (it updates the image and resizes CPU in place: test_kube.py)."""
+    refused = [("csi-volume-name", "pv")]
     if KIND == "local":
-        refused.append(("cpu-limit", "2"))
+        refused += [("image", "busybox:latest"), ("cpu-limit", "2")]
     for key, value in refused:
         status, body, _ = create(stack, {"templateID": "base", "metadata": {EXT + key: value}})
         assert status == 400, (key, body)

@@ -297,3 +297,26 @@ def test_cpu_keys_resize_the_claimed_sandbox_in_place(stack, kill_after):
         out: list = []
         create_on(stack, 0, out, metadata={EXT + key: bad})
         assert out[0][0] == 400 and key in str(out[0][1]), out
+
+
+def test_image_key_updates_the_claimed_sandbox_in_place_and_waits(stack, kill_after):
+    """image: the take writes the image into container 0; the controller updates the pod in
+    place (its process restarts with the new image) and reports InplaceUpdate=True only once the
+    pod runs it and is ready; the create waits for that, then initialises the new runtime, so
+    the first command works. A malformed reference is a 400 naming the key."""
+    done: list = []
+    create_on(stack, 1, done, metadata={EXT + "image": "agent-runtime:v2"})
+    assert done[0][0] == 201, done
+    sid = done[0][1]["sandboxID"]
+    kill_after.append(sid)
+    [cr] = [c for c in claimed_crs() if sandbox_id_of(c) == sid]
+    assert cr["spec"]["template"]["spec"]["containers"][0]["image"] == "agent-runtime:v2"
+    update = [c for c in cr["status"]["conditions"] if c["type"] == "InplaceUpdate"]
+    assert update and update[0]["status"] == "True", cr["status"]["conditions"]
+    pod = json.loads(kubectl("get", "pod", cr["metadata"]["name"], "-n", "default", "-o", "json"))
+    status = pod["status"]["containerStatuses"][0]
+    assert status["image"] == "agent-runtime:v2" and status["ready"] and status["restartCount"] >= 1, status
+    assert Sandbox.connect(sid).commands.run("echo new image").stdout == "new image\n"
+    out: list = []
+    create_on(stack, 0, out, metadata={EXT + "image": "Not An Image"})
+    assert out[0][0] == 400 and "image" in str(out[0][1]), out

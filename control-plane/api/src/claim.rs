@@ -61,8 +61,9 @@ impl ClaimableSandbox for Sandbox {
         }
     }
 
-    /// Observed at its generation, Running and Ready with a pod IP is ready; deleting, a
-    /// terminal phase or `Ready=False/StartContainerFailed` never will be.
+    /// Observed at its generation, Running and Ready with a pod IP, and no in-place update under
+    /// way (`InplaceUpdate=False/InplaceUpdating`), is ready; deleting, a terminal phase or
+    /// `Ready=False/StartContainerFailed` never will be.
     fn readiness(&self) -> ReadinessFacts {
         let status = self.status.as_ref();
         let phase = status.and_then(|s| s.known_phase());
@@ -85,6 +86,11 @@ impl ClaimableSandbox for Sandbox {
             running: phase == Some(SandboxPhase::Running),
             ready: is_ready(self),
             has_address: pod_ip(self).is_some(),
+            updating: status.into_iter().flat_map(|s| &s.conditions).any(|c| {
+                c.type_ == condition::INPLACE_UPDATE
+                    && c.status == "False"
+                    && c.reason.as_deref() == Some(condition::REASON_INPLACE_UPDATING)
+            }),
         }
     }
 
@@ -257,6 +263,66 @@ pub fn parse_cpu(v: &str) -> Result<Quantity, String> {
         return Err(format!("{v:?} must be positive"));
     }
     Ok(Quantity(v.to_string()))
+}
+
+/// A container image reference (`[registry[:port]/]path[:tag][@digest]`): lower-case path
+/// components of letters, digits and `._-`, a tag of up to 128 `[A-Za-z0-9_.-]`, an optional
+/// `sha256:` digest; refused with the reason otherwise.
+pub fn parse_image(v: &str) -> Result<String, String> {
+    let bad = |why: &str| Err(format!("{v:?} is not an image reference: {why}"));
+    if v.is_empty() || v.len() > 255 {
+        return bad("empty or longer than 255 characters");
+    }
+    let (name, digest) = match v.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (v, None),
+    };
+    if let Some(d) = digest {
+        let hex = d.strip_prefix("sha256:").unwrap_or("");
+        if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return bad("the digest must be sha256: and 64 hex digits");
+        }
+    }
+    // A tag follows the last ':' after the last '/'.
+    let (path, tag) = match name.rfind(':') {
+        Some(i) if !name[i..].contains('/') => (&name[..i], Some(&name[i + 1..])),
+        _ => (name, None),
+    };
+    if let Some(t) = tag
+        && (t.is_empty()
+            || t.len() > 128
+            || t.starts_with(['.', '-'])
+            || !t
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)))
+    {
+        return bad("bad tag");
+    }
+    let mut parts = path.split('/').peekable();
+    let mut first = true;
+    while let Some(part) = parts.next() {
+        // The first of several components may be a registry host[:port] (may hold upper case).
+        let registry =
+            first && parts.peek().is_some() && (part.contains(['.', ':']) || part == "localhost");
+        first = false;
+        let ok = if registry {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c))
+        } else {
+            !part.is_empty()
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+                && !part.starts_with(['.', '_', '-'])
+                && !part.ends_with(['.', '_', '-'])
+        };
+        if !ok {
+            return bad("bad name component");
+        }
+    }
+    Ok(v.to_string())
 }
 
 /// A new pool sandbox for `set` at `revision` (upstream `NewSandboxFromSandboxSet`):
@@ -564,6 +630,32 @@ mod tests {
             "a limit the template does not set stays unset"
         );
         assert_eq!(c[1].image.as_deref(), Some("b:1"));
+    }
+
+    #[test]
+    fn image_references() {
+        for ok in [
+            "busybox",
+            "agent-runtime:v2",
+            "registry.example.com:5000/team/app:1.2.3",
+            "localhost/x",
+            &format!("a/b@sha256:{}", "0".repeat(64)),
+        ] {
+            assert!(parse_image(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "UPPER/case",
+            "a b",
+            "a:",
+            "a:-x",
+            "a//b",
+            "a@sha256:xyz",
+            "/a",
+            "a/",
+        ] {
+            assert!(parse_image(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -85,6 +85,8 @@ pub struct PodFacts {
     pub template_hash: Option<String>,
     /// Message of the first Waiting container, if any.
     pub waiting: Option<String>,
+    /// The image the first container runs (its status), if reported.
+    pub running_image: Option<String>,
 }
 
 impl PodFacts {
@@ -112,7 +114,16 @@ impl PodFacts {
                         })
                 })
             });
+        let running_image = status
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| {
+                let first = pod.spec.as_ref()?.containers.first()?;
+                cs.iter().find(|c| c.name == first.name)
+            })
+            .map(|c| c.image.clone())
+            .filter(|i| !i.is_empty());
         PodFacts {
+            running_image,
             exists: true,
             terminating: pod.metadata.deletion_timestamp.is_some(),
             phase: status.and_then(|s| s.phase.clone()).unwrap_or_default(),
@@ -508,6 +519,8 @@ impl<'a> Step<'a> {
         if self.pod.template_hash.as_deref() != Some(self.revision.as_str()) && !self.upgrade_policy
         {
             self.update_in_place();
+        } else {
+            self.finish_in_place();
         }
         if self.pod.ready
             && annotation(self.sbx, ANNOTATION_INIT_RUNTIME_REQUEST).is_some()
@@ -516,6 +529,28 @@ impl<'a> Step<'a> {
                 != Some(cond::REASON_FAILED)
         {
             self.plan.init_runtime = true;
+        }
+    }
+
+    /// An in-place update is finished once the pod is at the current revision, ready, and runs
+    /// the image the sandbox asks for in its first container.
+    fn finish_in_place(&mut self) {
+        if conditions::reason(&self.status.conditions, cond::INPLACE_UPDATE)
+            != Some(cond::REASON_INPLACE_UPDATING)
+        {
+            return;
+        }
+        let wanted = self
+            .sbx
+            .spec
+            .template
+            .as_ref()
+            .and_then(|t| t.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.clone());
+        let image_done = wanted.is_none() || self.pod.running_image == wanted;
+        if self.pod.ready && image_done {
+            self.set(cond::INPLACE_UPDATE, true, cond::REASON_SUCCEEDED, "");
         }
     }
 

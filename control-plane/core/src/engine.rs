@@ -43,6 +43,9 @@ pub struct ClaimOptions {
     pub reserve_failed: bool,
     /// How long a created sandbox is waited for.
     pub wait_ready_timeout: Duration,
+    /// The take changes the sandbox in place (a new image: its runtime restarts), so a taken
+    /// sandbox is waited for like a created one before `/init`.
+    pub wait_ready_after_take: bool,
 }
 
 /// Time spent in each stage of a claim (summed over its attempts). `pick` includes waiting for
@@ -406,8 +409,8 @@ impl ClaimEngine {
         Ok(None)
     }
 
-    /// Wait-ready (created only), `/init` (when asked for) and route; a failure clears the
-    /// sandbox.
+    /// Wait-ready (created, or taken with `wait_ready_after_take`), `/init` (when asked for) and
+    /// route; a failure clears the sandbox.
     async fn prepare<St: SandboxStore>(
         &self,
         store: &St,
@@ -417,7 +420,7 @@ impl ClaimEngine {
         opts: &ClaimOptions,
         tally: &mut Tally,
     ) -> Result<St::Sandbox, ClaimError<St::Sandbox, St::Error>> {
-        if origin == Origin::Created {
+        if origin == Origin::Created || opts.wait_ready_after_take {
             let started = Instant::now();
             let ready = wait_ready(store, sandbox.clone(), opts.wait_ready_timeout).await;
             tally.timings.wait_ready += started.elapsed();

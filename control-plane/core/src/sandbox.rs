@@ -72,6 +72,9 @@ pub struct ReadinessFacts {
     pub running: bool,
     pub ready: bool,
     pub has_address: bool,
+    /// An in-place change it was given (a new image) has not finished yet (Kubernetes:
+    /// `InplaceUpdate=False/InProgress`).
+    pub updating: bool,
 }
 
 /// Where a created sandbox stands.
@@ -95,7 +98,7 @@ impl ReadinessFacts {
         if let Some(why) = &self.cannot_start {
             return Readiness::Never(format!("a container cannot start: {why}"));
         }
-        if self.observed && self.running && self.ready && self.has_address {
+        if self.observed && self.running && self.ready && self.has_address && !self.updating {
             Readiness::Ready
         } else {
             Readiness::NotYet

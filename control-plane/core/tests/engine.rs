@@ -278,6 +278,7 @@ fn opts() -> ClaimOptions {
         create_on_no_stock: false,
         reserve_failed: false,
         wait_ready_timeout: Duration::from_secs(30),
+        wait_ready_after_take: false,
     }
 }
 

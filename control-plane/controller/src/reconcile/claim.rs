@@ -65,6 +65,8 @@ fn claim_options(claim: &SandboxClaim, set: &SandboxSet) -> ClaimOptions {
         create_on_no_stock: claim.spec.create_on_no_stock.unwrap_or(true),
         reserve_failed: claim.spec.reserve_failed_sandbox.unwrap_or(false),
         wait_ready_timeout: wait_ready_timeout(claim),
+        // The claim's in-place image update is not waited for inline (docs/controller.md).
+        wait_ready_after_take: false,
     }
 }
 

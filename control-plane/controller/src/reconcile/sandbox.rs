@@ -404,11 +404,13 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
         && let (Some(p), Some(t)) = (&pod, &template)
     {
         inplace_update(&pods, p, t, &revision).await?;
+        // Finished once the pod runs the new image and is ready again (the planner's
+        // `finish_in_place`): a claim that changed the image waits for that.
         conditions::set(
             &mut status.conditions,
             cond::INPLACE_UPDATE,
-            true,
-            cond::REASON_SUCCEEDED,
+            false,
+            cond::REASON_INPLACE_UPDATING,
             "",
             now,
         );

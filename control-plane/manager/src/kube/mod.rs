@@ -24,7 +24,7 @@ use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use sandbox_api::Sandbox;
-use sandbox_api::claim::{InPlaceChange, parse_cpu};
+use sandbox_api::claim::{InPlaceChange, parse_cpu, parse_image};
 use sandbox_api::keys::*;
 use sandbox_core::{
     ClaimEngine, ClaimError, ClaimOptions, EngineConfig, HttpRuntimeInit, RetryPolicy,
@@ -362,9 +362,10 @@ impl KubeBackend {
             }
         }
         /// What this backend carries out of the Kubernetes-only keys.
-        const SUPPORTED: [&str; 4] = [
+        const SUPPORTED: [&str; 5] = [
             "reserve-failed-sandbox",
             "reserve-failed-sandbox-for",
+            "image",
             "cpu-request",
             "cpu-limit",
         ];
@@ -383,7 +384,8 @@ impl KubeBackend {
         }
     }
 
-    /// The `cpu-request` / `cpu-limit` keys, validated (a positive CPU quantity each).
+    /// The `image`, `cpu-request` and `cpu-limit` keys, validated (an image reference; a
+    /// positive CPU quantity each).
     fn in_place_of(spec: &CreateSpec) -> BackendResult<InPlaceChange> {
         let cpu = |key: &str, v: &Option<String>| {
             v.as_deref()
@@ -398,8 +400,20 @@ impl KubeBackend {
                 .transpose()
         };
         let k = &spec.extensions.kube;
+        let image = k
+            .image
+            .as_deref()
+            .map(|v| {
+                parse_image(v).map_err(|why| {
+                    BackendError::BadRequest(format!(
+                        "Bad extension param: {}image: {why}",
+                        crate::extensions::PREFIX
+                    ))
+                })
+            })
+            .transpose()?;
         Ok(InPlaceChange {
-            image: None,
+            image,
             cpu_request: cpu("cpu-request", &k.cpu_request)?,
             cpu_limit: cpu("cpu-limit", &k.cpu_limit)?,
         })
@@ -420,6 +434,7 @@ impl KubeBackend {
                 .extensions
                 .wait_ready_timeout
                 .unwrap_or(self.cfg.wait_ready_timeout),
+            wait_ready_after_take: k.image.is_some(),
         }
     }
 }
