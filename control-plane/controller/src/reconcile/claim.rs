@@ -65,8 +65,14 @@ fn claim_options(claim: &SandboxClaim, set: &SandboxSet) -> ClaimOptions {
         create_on_no_stock: claim.spec.create_on_no_stock.unwrap_or(true),
         reserve_failed: claim.spec.reserve_failed_sandbox.unwrap_or(false),
         wait_ready_timeout: wait_ready_timeout(claim),
-        // The claim's in-place image update is not waited for inline (docs/controller.md).
-        wait_ready_after_take: false,
+        // A new image restarts the runtime: wait for the in-place update like upstream does
+        // (until the sandbox is no longer InplaceUpdating), then `/init` the new runtime.
+        wait_ready_after_take: claim
+            .spec
+            .inplace_update
+            .as_ref()
+            .and_then(|iu| iu.image.as_deref())
+            .is_some_and(|i| !i.is_empty()),
     }
 }
 
