@@ -136,14 +136,28 @@ async fn template_ref_pool_inplace_image_ttl_and_timeout() {
         .await
         .unwrap();
     assert_eq!(claimed.labels()[LABEL_CLAIM_NAME], "upgrade-me");
-    assert!(
-        claimed
-            .status
-            .unwrap()
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "InplaceUpdate" && c.status == "True")
-    );
+    // The update counts as finished only once the pod runs the new image and is ready again.
+    env.eventually(
+        "InplaceUpdate=True once the pod runs the new image",
+        Duration::from_secs(60),
+        || async {
+            let s = env
+                .api::<sandbox_api::Sandbox>()
+                .get(&pool_sbx.name_any())
+                .await
+                .map_err(|e| e.to_string())?;
+            let conditions = s.status.map(|st| st.conditions).unwrap_or_default();
+            if conditions
+                .iter()
+                .any(|c| c.type_ == "InplaceUpdate" && c.status == "True")
+            {
+                Ok(())
+            } else {
+                Err(format!("{conditions:?}"))
+            }
+        },
+    )
+    .await;
     env.eventually(
         "claim deleted after its TTL, sandbox kept",
         Duration::from_secs(60),
