@@ -264,6 +264,7 @@ def team_pool(stack):
             time.sleep(0.2)
 
     yield make
+    # Gone before the next test: a namespace still terminating holds a second `base` template.
     for name in made:
-        subprocess.run([os.environ["KUBECTL_BIN"], "delete", "namespace", name, "--wait=false"],
-                       capture_output=True, timeout=60)
+        subprocess.run([os.environ["KUBECTL_BIN"], "delete", "namespace", name, "--wait=true", "--timeout=120s"],
+                       capture_output=True, timeout=150)

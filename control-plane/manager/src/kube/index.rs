@@ -199,12 +199,14 @@ impl Index {
             .collect()
     }
 
-    /// SandboxSets named `name`, in `namespace` or (None) any, oldest first.
+    /// SandboxSets named `name`, in `namespace` or (None) any, oldest first; one being deleted
+    /// is no template any more.
     pub fn sets_named(&self, namespace: Option<&str>, name: &str) -> Vec<Arc<SandboxSet>> {
         let mut v: Vec<_> = self
             .sets(namespace)
             .into_iter()
             .filter(|s| s.metadata.name.as_deref() == Some(name))
+            .filter(|s| s.metadata.deletion_timestamp.is_none())
             .collect();
         v.sort_by_key(|s| s.metadata.creation_timestamp.as_ref().map(|t| t.0));
         v
