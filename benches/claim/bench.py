@@ -33,6 +33,7 @@ usage: python benches/claim/bench.py [--pool 500] [--claims 500] [--take-cost | 
 import argparse
 import base64
 import concurrent.futures
+import contextlib
 import http.client
 import json
 import os
@@ -126,6 +127,20 @@ def floor(api: ApiServer, clients: int, per_client: int) -> list[float]:
         return [x for xs in ex.map(one, range(clients)) for x in xs]
 
 
+@contextlib.contextmanager
+def controller_stopped():
+    """The controller SIGSTOPped for the block (no reconciles, no refill), SIGCONTed after."""
+    pids = subprocess.run(["pgrep", "-f", f"{os.environ['SANDBOX_CONTROLLER_BIN']} --metrics"],
+                          capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        os.kill(int(pid), signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(int(pid), signal.SIGCONT)
+
+
 def take_cost(api: ApiServer, n: int) -> list[tuple[str, list[float]]]:
     """Take-shaped patches of pool sandboxes straight to the apiserver (see the module doc)."""
     items = api.call("GET", SANDBOXES + "?labelSelector=agents.kruise.io%2Fsandbox-pool%3Dbase")["items"]
@@ -157,21 +172,14 @@ def take_cost(api: ApiServer, n: int) -> list[tuple[str, list[float]]]:
             time.sleep(pause)
         return out
 
-    controller = subprocess.run(["pgrep", "-f", f"{os.environ['SANDBOX_CONTROLLER_BIN']} --metrics"],
-                                capture_output=True, text=True).stdout.split()
     rows = [("take, spaced 0.5 s (refill settles)", series(True, 0.5)),
             ("label-only patch, spaced 0.5 s", series(False, 0.5)),
             ("take, back to back (refill beside it)", series(True, 0)),
             ("label-only patch, back to back", series(False, 0))]
     time.sleep(2)
-    for pid in controller:
-        os.kill(int(pid), signal.SIGSTOP)
-    try:
+    with controller_stopped():
         rows += [("take, back to back, controller stopped", series(True, 0)),
                  ("label-only patch, back to back, controller stopped", series(False, 0))]
-    finally:
-        for pid in controller:
-            os.kill(int(pid), signal.SIGCONT)
     return rows
 
 
@@ -217,15 +225,8 @@ def requests_per_create(stack, api: ApiServer, n: int = 40):
                    if c - m0.get(k, (0, 0))[1] > 0), reverse=True)
     wait_pool(n)
     time.sleep(3)
-    controller = subprocess.run(["pgrep", "-f", f"{os.environ['SANDBOX_CONTROLLER_BIN']} --metrics"],
-                                capture_output=True, text=True).stdout.split()
-    for pid in controller:
-        os.kill(int(pid), signal.SIGSTOP)
-    try:
+    with controller_stopped():
         lat_stopped, ids_stopped, stages_stopped = sequential_creates(stack, n)
-    finally:
-        for pid in controller:
-            os.kill(int(pid), signal.SIGCONT)
     for i in ids_stopped:
         stack.request("DELETE", f"/sandboxes/{i}")
     print()

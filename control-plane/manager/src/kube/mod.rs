@@ -352,8 +352,8 @@ impl KubeBackend {
     }
 
     /// Refuses labels Kubernetes would, and the extension keys this backend does not carry out
-    /// yet, naming them.
-    fn check_extensions(spec: &CreateSpec) -> BackendResult<()> {
+    /// yet, naming them; returns the in-place changes the keys ask for, validated.
+    fn check_extensions(spec: &CreateSpec) -> BackendResult<InPlaceChange> {
         for (k, v) in &spec.labels {
             if !names::qualified_name(k) || !names::label_value(v) {
                 return Err(BackendError::BadRequest(format!(
@@ -369,7 +369,7 @@ impl KubeBackend {
             "cpu-request",
             "cpu-limit",
         ];
-        Self::in_place_of(spec)?;
+        let in_place = Self::in_place_of(spec)?;
         match spec
             .extensions
             .kube
@@ -380,7 +380,7 @@ impl KubeBackend {
                 "Bad extension param: {}{key} is not supported by this sandbox-manager yet",
                 crate::extensions::PREFIX
             ))),
-            None => Ok(()),
+            None => Ok(in_place),
         }
     }
 
@@ -454,7 +454,7 @@ impl Backend for KubeBackend {
     }
 
     async fn create(&self, spec: CreateSpec) -> BackendResult<SandboxRecord> {
-        Self::check_extensions(&spec)?;
+        let in_place = Self::check_extensions(&spec)?;
         let ns = self.template_namespace(&spec.caller);
         let set = self
             .index
@@ -466,7 +466,7 @@ impl Backend for KubeBackend {
             })?;
         let id = SandboxId::random();
         let mut marks = self.marks(&spec, &id);
-        marks.in_place = Self::in_place_of(&spec)?;
+        marks.in_place = in_place;
         let store = ManagerStore {
             index: &self.index,
             api: self.api(&set.namespace().unwrap_or_default()),
