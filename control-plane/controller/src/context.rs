@@ -2,7 +2,7 @@
 //! the agent-runtime `/init` client, and the claim engine (`sandbox-core`) whose pick lock keeps
 //! concurrent claim workers of this process off the same sandbox.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use kube::runtime::reflector::Store;
 use sandbox_api::Sandbox;
 use sandbox_core::{ClaimEngine, EngineConfig, HttpRuntimeInit};
 
+use crate::expectations::ScaleExpectations;
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
@@ -56,6 +57,10 @@ pub struct Context {
     pub sandbox_store: OnceLock<Store<Sandbox>>,
     /// The sandbox pods as the Sandbox controller's pod watch last saw them.
     pub pod_store: OnceLock<Store<Pod>>,
+    /// What SandboxSet reconciles created or deleted that the cache has not shown yet.
+    pub scale: ScaleExpectations,
+    /// SandboxTemplates a SandboxSet reconcile made or found (`ns/name/set-uid`): not read again.
+    pub materialised: Mutex<HashSet<String>>,
     /// resourceVersion of our last write per sandbox UID: a reconcile that sees an older
     /// version in the cache waits for the watch to catch up instead of acting on stale data.
     written: Mutex<HashMap<String, u64>>,
@@ -86,8 +91,24 @@ impl Context {
             claims,
             sandbox_store: OnceLock::new(),
             pod_store: OnceLock::new(),
+            scale: ScaleExpectations::default(),
+            materialised: Mutex::new(HashSet::new()),
             written: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The Sandbox controller's cache once it has synced; `None` if it is not there after 2 s
+    /// (the caller lists from the apiserver or retries).
+    pub async fn synced_sandboxes(&self) -> Option<&Store<Sandbox>> {
+        let store = self.sandbox_store.get()?;
+        match tokio::time::timeout(Duration::from_secs(2), store.wait_until_ready()).await {
+            Ok(Ok(())) => Some(store),
+            Ok(Err(_)) => None,
+            Err(_) => {
+                tracing::warn!("sandbox cache not ready after 2s");
+                None
+            }
+        }
     }
 
     /// Publishes an event; failures are logged, never fatal.

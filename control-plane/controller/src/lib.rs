@@ -12,6 +12,7 @@ pub mod claim;
 pub mod conditions;
 pub mod context;
 pub mod error;
+pub mod expectations;
 pub mod injection;
 pub mod leader;
 pub mod lifecycle;

@@ -522,11 +522,14 @@ impl<'a> Step<'a> {
         } else {
             self.finish_in_place();
         }
+        // Only a replay is ours (after a resume or an upgrade set the condition to Pending):
+        // the claim that took the sandbox sent its `/init` itself (upstream: "RuntimeInitialized
+        // present and not True").
         if self.pod.ready
             && annotation(self.sbx, ANNOTATION_INIT_RUNTIME_REQUEST).is_some()
-            && !conditions::is_true(&self.status.conditions, cond::RUNTIME_INITIALIZED)
             && conditions::reason(&self.status.conditions, cond::RUNTIME_INITIALIZED)
-                != Some(cond::REASON_FAILED)
+                == Some(cond::REASON_PENDING)
+            && !conditions::is_true(&self.status.conditions, cond::RUNTIME_INITIALIZED)
         {
             self.plan.init_runtime = true;
         }
@@ -725,12 +728,11 @@ impl<'a> Step<'a> {
     /// Records the pod's placement, the phase (`None`: an unknown phase, kept) and its event.
     fn finish(mut self, old_raw: &str, next: Option<SandboxPhase>) -> Plan {
         if let Some(ph) = next {
+            // A Pending sandbox records its pod's placement once the pod runs (upstream), not
+            // on each step before (uid, node): one status write per new sandbox fewer.
             let with_pod = matches!(
                 ph,
-                SandboxPhase::Running
-                    | SandboxPhase::Pending
-                    | SandboxPhase::Resuming
-                    | SandboxPhase::Upgrading
+                SandboxPhase::Running | SandboxPhase::Resuming | SandboxPhase::Upgrading
             );
             if with_pod && self.pod.exists && !self.stale_pod {
                 self.status.node_name = self.pod.node.clone();
@@ -1049,7 +1051,7 @@ mod tests {
     }
 
     #[test]
-    fn claimed_sandbox_gets_initialised_once_ready() {
+    fn a_pending_runtime_init_is_replayed_once_ready() {
         let mut s = sbx("Running");
         s.metadata.annotations = Some(
             [(
@@ -1058,8 +1060,31 @@ mod tests {
             )]
             .into(),
         );
+        // Just claimed: the claim sent /init itself; nothing to replay.
+        assert!(!run(&s, running_pod(true)).init_runtime);
+        // After a resume or upgrade (condition Pending): replayed once the pod is ready.
+        let st = s.status.as_mut().unwrap();
+        conditions::set(
+            &mut st.conditions,
+            cond::RUNTIME_INITIALIZED,
+            false,
+            cond::REASON_PENDING,
+            "",
+            Timestamp::now(),
+        );
         assert!(!run(&s, running_pod(false)).init_runtime);
         assert!(run(&s, running_pod(true)).init_runtime);
+        // A failed replay is not retried in a loop.
+        let st = s.status.as_mut().unwrap();
+        conditions::set(
+            &mut st.conditions,
+            cond::RUNTIME_INITIALIZED,
+            false,
+            cond::REASON_FAILED,
+            "boom",
+            Timestamp::now(),
+        );
+        assert!(!run(&s, running_pod(true)).init_runtime);
     }
 
     #[test]

@@ -526,24 +526,8 @@ async fn claim_env_vars_reach_the_runtime_through_init() {
         .create(&PostParams::default(), &claim)
         .await
         .unwrap();
-    let sbx = env
-        .eventually("runtime initialised", Duration::from_secs(60), || async {
-            let l = env.sandboxes("agents.kruise.io/claim-name=with-env").await;
-            let Some(s) = l.into_iter().next() else {
-                return Err("not claimed yet".into());
-            };
-            let done = s.status.as_ref().is_some_and(|st| {
-                st.conditions
-                    .iter()
-                    .any(|c| c.type_ == "RuntimeInitialized" && c.status == "True")
-            });
-            if done {
-                Ok(s)
-            } else {
-                Err(format!("{:?}", s.status.as_ref().map(|s| &s.conditions)))
-            }
-        })
-        .await;
+    // The claim counts its sandbox once the claim's own `/init` went through.
+    let sbx = claimed_and_initialised(&env, "with-env").await;
     let sim = env
         .sim
         .pod(&env.ns, &sbx.name_any())
@@ -560,6 +544,28 @@ async fn claim_env_vars_reach_the_runtime_through_init() {
             .get(ANNOTATION_RUNTIME_ACCESS_TOKEN)
             .map(String::as_str)
     );
+}
+
+/// The sandbox `claim` took, once the claim reports it (its `/init` is sent before that).
+async fn claimed_and_initialised(env: &Env, claim: &str) -> Sandbox {
+    let claims = env.api::<SandboxClaim>();
+    env.eventually(
+        "claim counts its sandbox",
+        Duration::from_secs(60),
+        || async {
+            let c = claims.get(claim).await.map_err(|e| e.to_string())?;
+            let counted = c.status.as_ref().map_or(0, |s| s.claimed_replicas);
+            if counted < 1 {
+                return Err(format!("status {:?}", c.status));
+            }
+            env.sandboxes(&format!("agents.kruise.io/claim-name={claim}"))
+                .await
+                .into_iter()
+                .next()
+                .ok_or_else(|| "claim counted a sandbox the list lacks".to_string())
+        },
+    )
+    .await
 }
 
 fn reserved_selector(claim: &str) -> String {
@@ -888,24 +894,8 @@ async fn claim_env_vars_reach_the_real_agent_runtime() {
         .create(&PostParams::default(), &claim)
         .await
         .unwrap();
-    let sbx = env
-        .eventually("runtime initialised", Duration::from_secs(60), || async {
-            let l = env.sandboxes("agents.kruise.io/claim-name=agent").await;
-            let Some(s) = l.into_iter().next() else {
-                return Err("not claimed yet".into());
-            };
-            let done = s.status.as_ref().is_some_and(|st| {
-                st.conditions
-                    .iter()
-                    .any(|c| c.type_ == "RuntimeInitialized" && c.status == "True")
-            });
-            if done {
-                Ok(s)
-            } else {
-                Err(format!("{:?}", s.status.as_ref().map(|s| &s.conditions)))
-            }
-        })
-        .await;
+    // The claim counts its sandbox once the claim's own `/init` went through.
+    let sbx = claimed_and_initialised(&env, "agent").await;
     let ip = sbx.status.as_ref().unwrap().sandbox_ip.clone().unwrap();
     let token = sbx.annotations()[ANNOTATION_RUNTIME_ACCESS_TOKEN].clone();
     // Ask the runtime itself, with the token the controller handed it.

@@ -256,19 +256,6 @@ impl SandboxStore for KubeClaimStore<'_> {
     }
 }
 
-/// The Sandbox controller's cache, once it has synced (at most 2 s are waited for that).
-async fn synced_cache<'a>(ctx: &'a Context, claim_name: &str) -> Option<&'a Store<Sandbox>> {
-    let store = ctx.sandbox_store.get()?;
-    match tokio::time::timeout(Duration::from_secs(2), store.wait_until_ready()).await {
-        Ok(Ok(())) => Some(store),
-        Ok(Err(_)) => None,
-        Err(_) => {
-            tracing::warn!(claim = %claim_name, "sandbox cache not ready after 2s; listing from the apiserver");
-            None
-        }
-    }
-}
-
 /// Counts an attempt in the metrics and on the claim's events; `Ok(true)` when it got a sandbox.
 async fn record(
     ctx: &Context,
@@ -406,7 +393,7 @@ async fn claim_from(
         sandboxes: sandboxes.clone(),
         claim,
         set,
-        cache: synced_cache(ctx, &claim_name).await,
+        cache: ctx.synced_sandboxes().await,
     };
     // The claim's status (fresh: see `is_stale`) is authoritative; recounting what it owns only
     // recovers a status write lost in a crash, for which the cache (listed anew at start-up) is

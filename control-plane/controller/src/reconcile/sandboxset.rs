@@ -2,14 +2,15 @@
 //! `updateStrategy.maxUnavailable`, deletes dead members, and writes the pool status. Every
 //! deletion is lock-then-delete: a resourceVersion-guarded patch sets `lock`, then a delete
 //! preconditioned on the locked resourceVersion, so a sandbox a claimer just took is never deleted.
-//! Pool membership is read with a consistent list from the apiserver, so a restarted controller
-//! (or one racing its own writes) never double-counts.
+//! Pool membership is read from the Sandbox controller's watch cache (no list per reconcile);
+//! scale expectations (`crate::expectations`) count this controller's own creates and deletes
+//! the cache has not shown yet, so a lagging cache never refills a pool twice.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use sandbox_api::keys::*;
@@ -20,11 +21,12 @@ use serde_json::json;
 
 use crate::context::Context;
 use crate::error::{Error, Result, is_status};
+use crate::expectations::Seen;
 use crate::metrics::PoolLabel;
 use crate::pool::{
     MemberState, PoolMember, PoolSpec, do_it_slowly, new_sandbox_from_set, plan_pool,
 };
-use crate::revision::{EffectiveTemplate, set_revision};
+use crate::revision::{EffectiveTemplate, immutable_part_hash, set_revision};
 
 pub const NAME: &str = "sandboxset";
 
@@ -67,6 +69,19 @@ fn member_of(set: &SandboxSet, s: &Sandbox, revision: &str, now: Timestamp) -> P
     }
 }
 
+/// A new pool sandbox for `set`; with an inline template it carries its immutable-part hash
+/// from the start, which spares the Sandbox controller a metadata write per sandbox.
+fn pool_sandbox(set: &SandboxSet, revision: &str) -> Sandbox {
+    let mut s = new_sandbox_from_set(set, revision);
+    if let Some(t) = &set.spec.template {
+        s.annotations_mut().insert(
+            ANNOTATION_HASH_IMMUTABLE_PART.into(),
+            immutable_part_hash(t),
+        );
+    }
+    s
+}
+
 /// Lock (resourceVersion-guarded) then delete (preconditioned on the locked version).
 /// Returns false if someone else got there first.
 pub async fn lock_then_delete(api: &Api<Sandbox>, s: &Sandbox) -> Result<bool> {
@@ -102,6 +117,19 @@ pub async fn lock_then_delete(api: &Api<Sandbox>, s: &Sandbox) -> Result<bool> {
 async fn materialise_template(ctx: &Context, set: &SandboxSet, revision: &str) -> Result<String> {
     let ns = set.namespace().unwrap_or_default();
     let name = format!("{}-{revision}", set.name_any());
+    // Keyed by the set's uid too: a set deleted and made again gets its template made again.
+    let known = format!(
+        "{ns}/{name}/{}",
+        set.metadata.uid.as_deref().unwrap_or_default()
+    );
+    if ctx
+        .materialised
+        .lock()
+        .expect("materialised")
+        .contains(&known)
+    {
+        return Ok(name);
+    }
     let api: Api<SandboxTemplate> = Api::namespaced(ctx.client.clone(), &ns);
     if let Some(existing) = api.get_opt(&name).await? {
         let ours = existing
@@ -113,6 +141,7 @@ async fn materialise_template(ctx: &Context, set: &SandboxSet, revision: &str) -
                 "SandboxTemplate {ns}/{name} exists and is not owned by this SandboxSet"
             )));
         }
+        ctx.materialised.lock().expect("materialised").insert(known);
         return Ok(name);
     }
     let mut oref = set.controller_owner_ref(&()).expect("set has uid");
@@ -134,7 +163,9 @@ async fn materialise_template(ctx: &Context, set: &SandboxSet, revision: &str) -
         },
     };
     match api.create(&PostParams::default(), &tpl).await {
-        Ok(_) => {}
+        Ok(_) => {
+            ctx.materialised.lock().expect("materialised").insert(known);
+        }
         Err(e) if is_status(&e, 409) => {}
         Err(e) => return Err(e.into()),
     }
@@ -142,11 +173,12 @@ async fn materialise_template(ctx: &Context, set: &SandboxSet, revision: &str) -
 }
 
 async fn reconcile_inner(set: Arc<SandboxSet>, ctx: Arc<Context>) -> Result<Action> {
-    if set.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
     let ns = set.namespace().unwrap_or_default();
     let name = set.name_any();
+    if set.metadata.deletion_timestamp.is_some() {
+        ctx.scale.forget(&format!("{ns}/{name}"));
+        return Ok(Action::await_change());
+    }
     let sandboxes: Api<Sandbox> = Api::namespaced(ctx.client.clone(), &ns);
     let sets: Api<SandboxSet> = Api::namespaced(ctx.client.clone(), &ns);
     let now = Timestamp::now();
@@ -170,12 +202,30 @@ async fn reconcile_inner(set: Arc<SandboxSet>, ctx: Arc<Context>) -> Result<Acti
         }
     };
 
-    let list = sandboxes
-        .list(&ListParams::default().labels(&format!("{LABEL_SANDBOX_POOL}={name}")))
-        .await?;
-    let members: Vec<PoolMember> = list
-        .items
+    let Some(cache) = ctx.synced_sandboxes().await else {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
+    let key = format!("{ns}/{name}");
+    let cached = cache.state_filter(|s| {
+        s.metadata.namespace.as_deref() == Some(ns.as_str())
+            && s.labels().get(LABEL_SANDBOX_POOL) == Some(&name)
+    });
+    let outstanding = ctx.scale.observe(
+        &key,
+        |n| match cached
+            .iter()
+            .find(|s| s.metadata.name.as_deref() == Some(n))
+        {
+            None => Seen::Absent,
+            Some(s) if s.metadata.deletion_timestamp.is_some() => Seen::Deleting,
+            Some(_) => Seen::Present,
+        },
+        Instant::now(),
+    );
+    let members: Vec<PoolMember> = cached
         .iter()
+        .map(|s| s.as_ref())
+        .chain(outstanding.unseen_creates.iter())
         .map(|s| member_of(&set, s, &revision, now))
         .collect();
     let spec = PoolSpec {
@@ -191,8 +241,14 @@ async fn reconcile_inner(set: Arc<SandboxSet>, ctx: Arc<Context>) -> Result<Acti
             .as_ref()
             .and_then(|s| s.max_unavailable.clone()),
     };
-    let plan = plan_pool(&spec, &members).map_err(|e| Error::InvalidSpec(e.to_string()))?;
-    let by_name = |n: &str| list.items.iter().find(|s| s.name_any() == n);
+    let mut plan = plan_pool(&spec, &members).map_err(|e| Error::InvalidSpec(e.to_string()))?;
+    if !outstanding.satisfied() {
+        // Upstream's rule: scale down and replace only once our own creates and deletes are
+        // in the cache, so a lagging cache never makes us delete a sandbox we still need.
+        plan.scale_down.clear();
+        plan.rolling.clear();
+    }
+    let by_name = |n: &str| cached.iter().find(|s| s.name_any() == n);
 
     let mut failures = Vec::new();
     for n in &plan.delete_dead {
@@ -209,6 +265,7 @@ async fn reconcile_inner(set: Arc<SandboxSet>, ctx: Arc<Context>) -> Result<Acti
         if let Some(s) = by_name(n) {
             match lock_then_delete(&sandboxes, s).await {
                 Ok(true) => {
+                    ctx.scale.expect_delete(&key, n, Instant::now());
                     deleted += 1;
                     ctx.metrics.sandboxes_deleted.inc();
                 }
@@ -220,15 +277,15 @@ async fn reconcile_inner(set: Arc<SandboxSet>, ctx: Arc<Context>) -> Result<Acti
 
     let mut created = 0usize;
     if plan.create > 0 {
-        let template = new_sandbox_from_set(&set, &revision);
+        let template = pool_sandbox(&set, &revision);
         let (ok, err) = do_it_slowly(plan.create, ctx.settings.sandboxset_initial_batch, |_| {
             let sandboxes = sandboxes.clone();
             let template = template.clone();
+            let (ctx, key) = (ctx.clone(), key.clone());
             async move {
-                sandboxes
-                    .create(&PostParams::default(), &template)
-                    .await
-                    .map(|_| ())
+                let created = sandboxes.create(&PostParams::default(), &template).await?;
+                ctx.scale.expect_create(&key, created, Instant::now());
+                Ok::<_, kube::Error>(())
             }
         })
         .await;
@@ -246,7 +303,7 @@ async fn reconcile_inner(set: Arc<SandboxSet>, ctx: Arc<Context>) -> Result<Acti
     let counts = plan.status;
     let mut status = set.status.clone().unwrap_or_default();
     status.observed_generation = set.metadata.generation;
-    // Creates made now are counted right away (the list above did not see them).
+    // Creates made now are counted right away (the cache above did not see them).
     status.replicas = counts.replicas + created as i32 - deleted;
     status.available_replicas = counts.available;
     status.update_revision = Some(revision);
