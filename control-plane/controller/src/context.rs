@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::Client;
@@ -13,7 +13,7 @@ use kube::runtime::reflector::Store;
 use sandbox_api::Sandbox;
 use sandbox_core::{ClaimEngine, EngineConfig, HttpRuntimeInit};
 
-use crate::expectations::ScaleExpectations;
+use crate::expectations::{InFlight, ScaleExpectations};
 use crate::metrics::Metrics;
 
 #[derive(Debug, Clone)]
@@ -42,6 +42,13 @@ impl Default for Settings {
     }
 }
 
+/// Our writes the cache has not shown after this long are forgotten (upstream's resourceVersion
+/// expectations time out after a minute too).
+const WRITTEN_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// uid → (resourceVersion of our last write, when).
+type Written = HashMap<String, (u64, Instant)>;
+
 pub struct Context {
     pub client: Client,
     pub settings: Settings,
@@ -57,13 +64,16 @@ pub struct Context {
     pub sandbox_store: OnceLock<Store<Sandbox>>,
     /// The sandbox pods as the Sandbox controller's pod watch last saw them.
     pub pod_store: OnceLock<Store<Pod>>,
+    /// Pods this controller created that its pod watch has not shown yet (`ns/name/sandbox-uid`).
+    pub pods_in_flight: InFlight,
     /// What SandboxSet reconciles created or deleted that the cache has not shown yet.
     pub scale: ScaleExpectations,
     /// SandboxTemplates a SandboxSet reconcile made or found (`ns/name/set-uid`): not read again.
     pub materialised: Mutex<HashSet<String>>,
     /// resourceVersion of our last write per sandbox UID: a reconcile that sees an older
     /// version in the cache waits for the watch to catch up instead of acting on stale data.
-    written: Mutex<HashMap<String, u64>>,
+    /// (uid → (version, when written), last prune).
+    written: Mutex<(Written, Instant)>,
 }
 
 impl Context {
@@ -91,9 +101,10 @@ impl Context {
             claims,
             sandbox_store: OnceLock::new(),
             pod_store: OnceLock::new(),
+            pods_in_flight: InFlight::default(),
             scale: ScaleExpectations::default(),
             materialised: Mutex::new(HashSet::new()),
-            written: Mutex::new(HashMap::new()),
+            written: Mutex::new((HashMap::new(), Instant::now())),
         })
     }
 
@@ -132,9 +143,17 @@ impl Context {
     /// Records the resourceVersion a write of ours produced.
     pub fn wrote(&self, uid: Option<&str>, rv: Option<&str>) {
         if let (Some(uid), Some(rv)) = (uid, rv.and_then(|r| r.parse::<u64>().ok())) {
-            let mut w = self.written.lock().expect("written");
-            let e = w.entry(uid.to_string()).or_insert(0);
-            *e = (*e).max(rv);
+            let now = Instant::now();
+            let mut guard = self.written.lock().expect("written");
+            let (w, pruned) = &mut *guard;
+            // Entries the cache never caught up with (the object was deleted right after our
+            // write) go once they are too old to matter, so the map does not grow forever.
+            if now.duration_since(*pruned) >= WRITTEN_MAX_AGE {
+                w.retain(|_, (_, at)| now.duration_since(*at) < WRITTEN_MAX_AGE);
+                *pruned = now;
+            }
+            let e = w.entry(uid.to_string()).or_insert((0, now));
+            *e = (e.0.max(rv), now);
         }
     }
 
@@ -143,21 +162,14 @@ impl Context {
         let (Some(uid), Some(rv)) = (uid, rv.and_then(|r| r.parse::<u64>().ok())) else {
             return false;
         };
-        let mut w = self.written.lock().expect("written");
+        let w = &mut self.written.lock().expect("written").0;
         match w.get(uid) {
-            Some(&mine) if rv < mine => true,
+            Some(&(mine, at)) if rv < mine && at.elapsed() < WRITTEN_MAX_AGE => true,
             Some(_) => {
                 w.remove(uid);
                 false
             }
             None => false,
-        }
-    }
-
-    /// Forgets a deleted object.
-    pub fn forget(&self, uid: Option<&str>) {
-        if let Some(uid) = uid {
-            self.written.lock().expect("written").remove(uid);
         }
     }
 }
