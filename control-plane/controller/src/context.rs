@@ -13,8 +13,12 @@ use kube::runtime::reflector::Store;
 use sandbox_api::Sandbox;
 use sandbox_core::{ClaimEngine, EngineConfig, HttpRuntimeInit};
 
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
 use crate::expectations::{InFlight, ScaleExpectations};
 use crate::metrics::Metrics;
+use crate::pace::Pacer;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -46,6 +50,18 @@ impl Default for Settings {
 /// expectations time out after a minute too).
 const WRITTEN_MAX_AGE: Duration = Duration::from_secs(60);
 
+/// Events queued for publishing before new ones are dropped.
+const EVENT_QUEUE: usize = 4096;
+
+/// Publishes queued events until every sender is gone; failures are logged, never fatal.
+async fn publish_events(recorder: Recorder, mut queue: mpsc::Receiver<(Event, ObjectReference)>) {
+    while let Some((ev, obj)) = queue.recv().await {
+        if let Err(e) = recorder.publish(&ev, &obj).await {
+            tracing::debug!(error = %e, reason = %ev.reason, "failed to publish event");
+        }
+    }
+}
+
 /// uid → (resourceVersion of our last write, when).
 type Written = HashMap<String, (u64, Instant)>;
 
@@ -53,7 +69,9 @@ pub struct Context {
     pub client: Client,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
-    recorder: Recorder,
+    /// Events on their way to the publisher task (see [`Context::event`]).
+    events: mpsc::Sender<(Event, ObjectReference)>,
+    event_publisher: Mutex<Option<JoinHandle<()>>>,
     /// The agent-runtime `/init` client (claims, and the replay after a resume or upgrade).
     pub runtime: Arc<HttpRuntimeInit>,
     /// The claim engine; its create limiter is off, as upstream's controller has none.
@@ -68,6 +86,8 @@ pub struct Context {
     pub pods_in_flight: InFlight,
     /// What SandboxSet reconciles created or deleted that the cache has not shown yet.
     pub scale: ScaleExpectations,
+    /// Spacing of SandboxSet status writes (`ns/name`).
+    pub status_pace: Pacer,
     /// SandboxTemplates a SandboxSet reconcile made or found (`ns/name/set-uid`): not read again.
     pub materialised: Mutex<HashSet<String>>,
     /// resourceVersion of our last write per sandbox UID: a reconcile that sees an older
@@ -92,8 +112,14 @@ impl Context {
             },
             runtime.clone(),
         );
+        let (events, queue) = mpsc::channel(EVENT_QUEUE);
+        let publisher = tokio::spawn(publish_events(
+            Recorder::new(client.clone(), reporter),
+            queue,
+        ));
         Arc::new(Context {
-            recorder: Recorder::new(client.clone(), reporter),
+            events,
+            event_publisher: Mutex::new(Some(publisher)),
             client,
             settings,
             metrics,
@@ -104,6 +130,7 @@ impl Context {
             pods_in_flight: InFlight::default(),
             scale: ScaleExpectations::default(),
             materialised: Mutex::new(HashSet::new()),
+            status_pace: Pacer::default(),
             written: Mutex::new((HashMap::new(), Instant::now())),
         })
     }
@@ -122,7 +149,10 @@ impl Context {
         }
     }
 
-    /// Publishes an event; failures are logged, never fatal.
+    /// Queues an event for the publisher task: a reconcile never waits for an event, and a
+    /// burst of them goes out one at a time behind the reconciles instead of competing with
+    /// claims for the apiserver. A full queue drops the event (counted in
+    /// `sandbox_controller_events_dropped`), as client-go's broadcaster does.
     pub async fn event(&self, obj: &ObjectReference, warning: bool, reason: &str, note: &str) {
         let ev = Event {
             type_: if warning {
@@ -135,9 +165,16 @@ impl Context {
             action: reason.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, obj).await {
-            tracing::debug!(error = %e, reason, "failed to publish event");
+        if self.events.try_send((ev, obj.clone())).is_err() {
+            self.metrics.events_dropped.inc();
+            tracing::debug!(reason, "event queue full; event dropped");
         }
+    }
+
+    /// The publisher task, for the caller to wait on at shutdown (it ends, having sent what
+    /// was queued, once the last `Context` is gone).
+    pub fn take_event_publisher(&self) -> Option<JoinHandle<()>> {
+        self.event_publisher.lock().expect("publisher").take()
     }
 
     /// Records the resourceVersion a write of ours produced.

@@ -17,6 +17,7 @@ pub mod injection;
 pub mod leader;
 pub mod lifecycle;
 pub mod metrics;
+pub mod pace;
 pub mod podgen;
 pub mod pool;
 pub mod reconcile;

@@ -150,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
         ..Settings::default()
     };
     let ctx = Context::new(client.clone(), settings, metrics.clone());
+    let event_publisher = ctx.take_event_publisher();
     let workers = Workers {
         sandbox: args.sandbox_workers,
         sandboxset: args.sandboxset_workers,
@@ -238,6 +239,12 @@ async fn main() -> anyhow::Result<()> {
         .is_err()
     {
         tracing::warn!("controllers did not stop within 20s");
+    } else if let Some(p) = event_publisher
+        && tokio::time::timeout(Duration::from_secs(2), p)
+            .await
+            .is_err()
+    {
+        tracing::warn!("queued events not all published within 2s");
     }
     if let Some(el) = &elector {
         el.release().await;

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub pool_replicas: Family<PoolLabel, Gauge>,
     pub pool_available: Family<PoolLabel, Gauge>,
     pub leader: Gauge,
+    pub events_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -72,6 +73,7 @@ impl Default for Metrics {
             pool_replicas: Family::default(),
             pool_available: Family::default(),
             leader: Gauge::default(),
+            events_dropped: Counter::default(),
         };
         r.register(
             "reconcile",
@@ -127,6 +129,11 @@ impl Default for Metrics {
             "leader",
             "1 while this replica holds the leader lease",
             m.leader.clone(),
+        );
+        r.register(
+            "events_dropped",
+            "Kubernetes events dropped because the publishing queue was full",
+            m.events_dropped.clone(),
         );
         *m.registry.lock().expect("registry") = r;
         m
