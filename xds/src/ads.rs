@@ -8,6 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
@@ -89,6 +90,9 @@ impl AggregatedDiscoveryService for Ads {
     }
 }
 
+/// How long a response may go unanswered before the next one is sent regardless.
+const ACK_WAIT: Duration = Duration::from_secs(5);
+
 /// A pending response: the type it was for, and the type version an ACK of it completes
 /// (`None` for a non-final part of a split response).
 type Pending = HashMap<String, (String, Option<u64>)>;
@@ -102,6 +106,9 @@ struct StreamCore {
     node: String,
     pending: Pending,
     nonce: u64,
+    /// The nonce of the newest response per type: while it is unanswered, changes accumulate
+    /// and go out together in the response after its ACK (see [`StreamCore::awaiting_ack`]).
+    newest: HashMap<String, (String, Instant)>,
 }
 
 impl StreamCore {
@@ -115,6 +122,7 @@ impl StreamCore {
             node: String::new(),
             pending: HashMap::new(),
             nonce: 0,
+            newest: HashMap::new(),
         }
     }
 
@@ -159,7 +167,19 @@ impl StreamCore {
         let nonce = self.nonce.to_string();
         self.pending
             .insert(nonce.clone(), (type_url.to_string(), version));
+        self.newest
+            .insert(type_url.to_string(), (nonce.clone(), Instant::now()));
         nonce
+    }
+
+    /// True while the client has not answered the newest response of `type_url` (for at most
+    /// [`ACK_WAIT`]). Pushing only then keeps one response in flight per type: under a burst of
+    /// route changes a gateway applies a few larger updates instead of one per change, and when
+    /// changes are rare nothing waits (the ACK is long back).
+    fn awaiting_ack(&self, type_url: &str) -> bool {
+        self.newest.get(type_url).is_some_and(|(nonce, sent)| {
+            self.pending.contains_key(nonce) && sent.elapsed() < ACK_WAIT
+        })
     }
 }
 
@@ -261,6 +281,9 @@ impl Session for DeltaSession {
     async fn push(&mut self) -> Result<(), ()> {
         let types: Vec<String> = self.subs.keys().cloned().collect();
         for type_url in types {
+            if self.core.awaiting_ack(&type_url) {
+                continue;
+            }
             let Some(sub) = self.subs.get_mut(&type_url) else {
                 continue;
             };
@@ -376,6 +399,9 @@ impl Session for SotwSession {
     async fn push(&mut self) -> Result<(), ()> {
         let types: Vec<String> = self.subs.keys().cloned().collect();
         for type_url in types {
+            if self.core.awaiting_ack(&type_url) {
+                continue;
+            }
             let Some(sub) = self.subs.get_mut(&type_url) else {
                 continue;
             };
