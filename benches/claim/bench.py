@@ -10,7 +10,8 @@ kube backend) with a SandboxSet `base` of POOL sandboxes, then measures:
            the clients' concurrency, in the same run
   creates  POST /v2/sandboxes (no SDK) at 1, 20 and 100 concurrent clients: p50 / p99,
            creates/s, and the mean time per claim stage from the manager's stage histograms
-           (pick, take, init, route; wait_ready only for sandboxes created on no stock)
+           (pick, take, init, route; wait_ready only for sandboxes created on no stock), and
+           the cores each process kept busy meanwhile (/proc CPU times; where the machine goes)
   claims   the SandboxClaim CR path through the controller: N one-replica SandboxClaims created
            at once until all are Completed with their sandbox (pool refilled first)
 
@@ -260,6 +261,33 @@ def conflicts(stack) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def cpu_by_process() -> dict[tuple[str, str], float]:
+    """CPU seconds (user + system) so far of every process on the machine, by (pid, name)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1:raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2:].split()
+        out[(pid, name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_use(before, after, wall: float) -> dict[str, float]:
+    """Cores used per process name over `wall` seconds (processes started meanwhile count whole;
+    ones that ended meanwhile are missing)."""
+    use: dict[str, float] = {}
+    for key, t in after.items():
+        use[key[1]] = use.get(key[1], 0.0) + (t - before.get(key, 0.0)) / wall
+    return use
+
+
 def creates(stack, clients: int, total: int):
     """`total` raw creates with `clients` threads (each its own keep-alive connection)."""
     body = json.dumps({"templateID": "base", "timeout": 600, "metadata": {}, "envVars": {}})
@@ -280,10 +308,17 @@ def creates(stack, clients: int, total: int):
         return json.loads(payload)["sandboxID"], took
 
     before, lost0 = stage_sums(stack), conflicts(stack)
+    # Reading /proc takes a while with hundreds of runtimes: the CPU window runs from the middle
+    # of the first reading to the middle of the second.
+    a = time.perf_counter()
+    cpu0 = cpu_by_process()
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as ex:
         results = list(ex.map(one, range(total)))
     wall = time.perf_counter() - started
+    b = time.perf_counter()
+    cpu1 = cpu_by_process()
+    cpu = cpu_use(cpu0, cpu1, (b + time.perf_counter()) / 2 - (a + started) / 2)
     after = stage_sums(stack)
     stages = {"conflicts": (conflicts(stack) - lost0) / total}
     for k, (s, c) in after.items():
@@ -292,6 +327,7 @@ def creates(stack, clients: int, total: int):
             stages[k] = (s - s0) / (c - c0)
     with concurrent.futures.ThreadPoolExecutor(20) as ex:
         list(ex.map(lambda r: stack.request("DELETE", f"/sandboxes/{r[0]}"), results))
+    stages["cpu"] = cpu
     return [r[1] for r in results], wall, stages
 
 
@@ -369,7 +405,9 @@ def main():
         floor1 = floor(api, 1, 100)
         rows.append(("floor: guarded Sandbox patch, sequential", floor1, None))
         for clients, total in ((1, 50), (20, 200), (100, 200)):
-            wait_pool(min(args.pool, total))
+            # A full pool before each phase: the refill a phase sets off is its own cost, not the
+            # next phase's.
+            wait_pool(args.pool)
             lat, wall, stages = creates(stack, clients, total)
             f = floor(api, clients, max(1, 200 // clients))
             rows.append((f"POST /v2/sandboxes, {clients} concurrent", lat, total / wall))
@@ -401,6 +439,16 @@ def main():
     for clients, st in stage_rows:
         print(f"| {clients} | " + " | ".join(f"{st[k] * 1000:.2f} ms" if k in st else "-" for k in ("pick", "take", "wait_ready", "init", "route"))
               + f" | {st['conflicts']:.2f} |")
+    print()
+    print("cores busy during the creates, by process (2.00 = both cores of this machine)")
+    # /proc names are cut at 15 characters.
+    names = ("kube-apiserver", "etcd", "kube-controller", "sandbox-control", "sandbox-manager", "sandbox-xds", "envoy",
+             "agent-runtime", "kube-cluster", "python")
+    print("| clients | " + " | ".join(names) + " | all |")
+    print("|" + "---|" * (len(names) + 2))
+    for clients, st in stage_rows:
+        cpu = st["cpu"]
+        print(f"| {clients} | " + " | ".join(f"{cpu.get(n, 0.0):.2f}" for n in names) + f" | {sum(cpu.values()):.2f} |")
     print()
     f50 = pct(floor1, 50)
     c1 = next(xs for name, xs, _ in rows if name.startswith("POST") and ", 1 concurrent" in name)

@@ -16,7 +16,7 @@ use sandbox_core::{ClaimEngine, EngineConfig, HttpRuntimeInit};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::expectations::{InFlight, ScaleExpectations};
+use crate::expectations::ScaleExpectations;
 use crate::metrics::Metrics;
 use crate::pace::Pacer;
 
@@ -82,8 +82,6 @@ pub struct Context {
     pub sandbox_store: OnceLock<Store<Sandbox>>,
     /// The sandbox pods as the Sandbox controller's pod watch last saw them.
     pub pod_store: OnceLock<Store<Pod>>,
-    /// Pods this controller created that its pod watch has not shown yet (`ns/name/sandbox-uid`).
-    pub pods_in_flight: InFlight,
     /// What SandboxSet reconciles created or deleted that the cache has not shown yet.
     pub scale: ScaleExpectations,
     /// Spacing of SandboxSet status writes (`ns/name`).
@@ -127,7 +125,6 @@ impl Context {
             claims,
             sandbox_store: OnceLock::new(),
             pod_store: OnceLock::new(),
-            pods_in_flight: InFlight::default(),
             scale: ScaleExpectations::default(),
             materialised: Mutex::new(HashSet::new()),
             status_pace: Pacer::default(),

@@ -97,36 +97,6 @@ impl ScaleExpectations {
     }
 }
 
-/// Objects this controller created that its watch has not shown yet, by a key of the caller's: a reconcile
-/// that finds one missing from the cache waits for the watch instead of reading the apiserver.
-/// Forgotten when seen, or after [`EXPECTATION_TIMEOUT`] (then the apiserver is asked).
-#[derive(Default)]
-pub struct InFlight {
-    created: Mutex<HashMap<String, Instant>>,
-}
-
-impl InFlight {
-    pub fn created(&self, key: &str) {
-        let now = Instant::now();
-        let mut m = self.created.lock().expect("in flight");
-        m.retain(|_, at| now.duration_since(*at) < EXPECTATION_TIMEOUT);
-        m.insert(key.to_string(), now);
-    }
-
-    pub fn seen(&self, key: &str) {
-        let mut m = self.created.lock().expect("in flight");
-        if !m.is_empty() {
-            m.remove(key);
-        }
-    }
-
-    pub fn pending(&self, key: &str) -> bool {
-        let m = self.created.lock().expect("in flight");
-        m.get(key)
-            .is_some_and(|at| at.elapsed() < EXPECTATION_TIMEOUT)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,17 +150,6 @@ mod tests {
         };
         assert!(!e.observe("ns/set", seen, t0).satisfied());
         assert!(e.observe("ns/set", seen, later).satisfied());
-    }
-
-    #[test]
-    fn a_created_object_is_in_flight_until_seen() {
-        let f = InFlight::default();
-        assert!(!f.pending("ns/a"));
-        f.created("ns/a");
-        assert!(f.pending("ns/a"));
-        assert!(!f.pending("ns/b"));
-        f.seen("ns/a");
-        assert!(!f.pending("ns/a"));
     }
 
     #[test]

@@ -191,41 +191,25 @@ async fn inplace_update(
     Ok(())
 }
 
-/// The sandbox's pod as the pod watch's store has it. `Err(InFlight)`: the store lacks a pod
-/// this controller created a moment ago — its watch event (which triggers the next reconcile)
-/// is on its way, so nothing is decided now. A pod the store lacks otherwise is read from the
-/// apiserver, so a pod is never taken for missing (which would create it twice).
+/// The sandbox's pod: from the pod watch's store when it has it (no request), else read from the
+/// apiserver — a pod this controller just created, or one the store has not listed yet, is never
+/// taken for missing (which would create it twice). A cached pod may be a moment old; its newer
+/// version triggers another reconcile when the watch delivers it.
 async fn sandbox_pod(
     ctx: &Context,
     pods: &Api<Pod>,
-    sbx: &Sandbox,
-) -> Result<Result<Option<Arc<Pod>>, InFlight>> {
-    let (ns, name) = (sbx.namespace().unwrap_or_default(), sbx.name_any());
-    let key = pod_key(sbx);
+    ns: &str,
+    name: &str,
+) -> Result<Option<Arc<Pod>>> {
     let cached = ctx
         .pod_store
         .get()
-        .and_then(|store| store.get(&ObjectRef::<Pod>::new(&name).within(&ns)));
-    if let Some(pod) = cached {
-        ctx.pods_in_flight.seen(&key);
-        return Ok(Ok(Some(pod)));
+        .and_then(|store| store.get(&ObjectRef::<Pod>::new(name).within(ns)));
+    match cached {
+        Some(pod) => Ok(Some(pod)),
+        None => Ok(pods.get_opt(name).await?.map(Arc::new)),
     }
-    if ctx.pods_in_flight.pending(&key) {
-        return Ok(Err(InFlight));
-    }
-    Ok(Ok(pods.get_opt(&name).await?.map(Arc::new)))
 }
-
-/// The in-flight key of a sandbox's pod: by the sandbox's uid too, so a sandbox made again
-/// under the same name never waits for its predecessor's pod.
-fn pod_key(sbx: &Sandbox) -> String {
-    let ns = sbx.metadata.namespace.as_deref().unwrap_or_default();
-    let uid = sbx.metadata.uid.as_deref().unwrap_or_default();
-    format!("{ns}/{}/{uid}", sbx.name_any())
-}
-
-/// A pod created by this controller that its pod watch has not shown yet.
-struct InFlight;
 
 async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action> {
     let ns = sbx.namespace().unwrap_or_default();
@@ -240,9 +224,7 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
         // Our own newer write is on its way through the watch; act on that, not on this.
         return Ok(Action::requeue(Duration::from_millis(100)));
     }
-    let Ok(pod) = sandbox_pod(&ctx, &pods, &sbx).await? else {
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    };
+    let pod = sandbox_pod(&ctx, &pods, &ns, &name).await?;
     let deleting = sbx.metadata.deletion_timestamp.is_some();
     let terminal = sbx.phase().is_some_and(SandboxPhase::is_terminal);
 
@@ -380,7 +362,6 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
             match pods.create(&PostParams::default(), &new_pod).await {
                 Ok(_) => {
                     ctx.metrics.pods_created.inc();
-                    ctx.pods_in_flight.created(&pod_key(&sbx));
                 }
                 Err(e) if is_status(&e, 409) => {}
                 Err(e) => {
