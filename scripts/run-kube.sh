@@ -63,7 +63,7 @@ alive() {
 
 # 1. The cluster and the node simulator (pods: agent-runtime on their own loopback address, its
 # work directory standing in for the container's home, as in the image).
-"$KUBE_CLUSTER_BIN" --node-sim --ip-range "${IP_RANGE:-127.3.0.0/16}" \
+"$KUBE_CLUSTER_BIN" --node-sim --checkpoints --ip-range "${IP_RANGE:-127.3.0.0/16}" \
     --command "env HOME={workdir} $AGENT_RUNTIME_BIN --listen {ip}:{port} --default-workdir {workdir}" \
     --env-file "$run_dir/cluster.env" >"$run_dir/cluster.log" 2>&1 &
 pids+=($!)

@@ -320,3 +320,37 @@ def test_image_key_updates_the_claimed_sandbox_in_place_and_waits(stack, kill_af
     out: list = []
     create_on(stack, 0, out, metadata={EXT + "image": "Not An Image"})
     assert out[0][0] == 400 and "image" in str(out[0][1]), out
+
+
+def test_snapshots_are_checkpoints_and_clones_restore_from_them(stack, kill_after):
+    """A snapshot is a Checkpoint CR (fulfilled by the node simulator's checkpointer) with a
+    SandboxTemplate of the same name owned by it; a clone's Sandbox names the checkpoint in
+    `restore-from`; deleting the snapshot deletes both CRs; a paused sandbox (no pod) is a 409."""
+    src = Sandbox.create(timeout=300)
+    kill_after.append(src)
+    src.files.write("cp.txt", "checkpointed")
+    snap = src.create_snapshot()
+    cps = json.loads(kubectl("get", "checkpoints.agents.kruise.io", "-n", "default", "-o", "json"))["items"]
+    mine = [c for c in cps if c.get("status", {}).get("checkpointId") == snap.snapshot_id]
+    assert len(mine) == 1, cps
+    cp = mine[0]
+    assert cp["status"]["phase"] == "Succeeded"
+    assert cp["metadata"]["labels"]["agents.kruise.io/checkpoint-id"] == snap.snapshot_id
+    assert cp["metadata"]["annotations"]["agents.kruise.io/sandbox-id"] == src.sandbox_id
+    tpl = json.loads(kubectl("get", "sandboxtemplates.agents.kruise.io", cp["metadata"]["name"], "-n", "default", "-o", "json"))
+    assert tpl["metadata"]["ownerReferences"][0]["uid"] == cp["metadata"]["uid"]
+
+    child = Sandbox.create(template=snap.snapshot_id)
+    kill_after.append(child)
+    assert child.files.read("cp.txt") == "checkpointed"
+    clone = [s for s in sandbox_crs() if s["metadata"].get("labels", {}).get("agents.kruise.io/sandbox-id") == child.sandbox_id]
+    assert clone[0]["metadata"]["annotations"]["agents.kruise.io/restore-from"] == snap.snapshot_id
+
+    assert Sandbox.delete_snapshot(snap.snapshot_id) is True
+    wait_until(lambda: cp["metadata"]["name"] not in kubectl("get", "checkpoints.agents.kruise.io,sandboxtemplates.agents.kruise.io",
+                                                             "-n", "default", "-o", "name"), timeout=60)
+
+    assert src.pause() is True
+    status, body, _ = stack.request("POST", f"/sandboxes/{src.sandbox_id}/snapshots", {})
+    assert status == 409, body
+    assert "resume" in body["message"], body

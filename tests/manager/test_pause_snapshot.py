@@ -61,7 +61,6 @@ def test_pause_keeps_process_and_files(stack, kill_after):
     assert resumed.commands.run("cat kept/state.txt").stdout == "written before the pause"
 
 
-@pytest.mark.local_only  # snapshots (Checkpoint) are not in the kube backend yet
 def test_snapshot_then_create_from_it(stack, kill_after):
     src = Sandbox.create(timeout=300)
     kill_after.append(src)
@@ -106,7 +105,6 @@ def test_snapshot_then_create_from_it(stack, kill_after):
     assert child.files.read("snap/data.txt") == "changed in the child"
 
 
-@pytest.mark.local_only  # snapshots (Checkpoint) are not in the kube backend yet
 def test_named_snapshot(stack, kill_after):
     src = Sandbox.create()
     kill_after.append(src)
@@ -121,7 +119,7 @@ def test_named_snapshot(stack, kill_after):
     assert name not in [n for s in all_snapshots(Sandbox.list_snapshots()) for n in (s.names or [])]
 
 
-@pytest.mark.local_only  # snapshots (Checkpoint) are not in the kube backend yet
+@pytest.mark.local_only  # a paused Kubernetes sandbox has no pod to checkpoint (409; test_kube.py)
 def test_snapshot_of_a_paused_sandbox_and_unknown_ids(stack, kill_after):
     src = Sandbox.create()
     kill_after.append(src)
@@ -142,7 +140,6 @@ def test_snapshot_of_a_paused_sandbox_and_unknown_ids(stack, kill_after):
     assert_error_body(body, 404)
 
 
-@pytest.mark.local_only  # snapshots (Checkpoint) are not in the kube backend yet
 def test_snapshot_names_filter_and_paging(stack, kill_after):
     """Snapshot names may be namespaced and tagged (`proj/snap:v1`, sent as one path segment
     `proj%2Fsnap%3Av1` on delete and Template.exists); list_snapshots(name=...) filters by name

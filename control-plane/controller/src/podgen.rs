@@ -41,6 +41,16 @@ pub fn build_pod(
     labels.insert(LABEL_CREATED_BY.into(), CREATED_BY_SANDBOX.into());
     labels.insert(LABEL_POD_TEMPLATE_HASH.into(), revision.into());
     annotations.insert(ANNOTATION_CREATED_BY.into(), CREATED_BY_SANDBOX.into());
+    // A sandbox cloned from a snapshot names its checkpoint; the pod carries it to the node's
+    // checkpoint runtime, which starts the pod from it.
+    if let Some(cp) = sbx
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_RESTORE_FROM))
+    {
+        annotations.insert(ANNOTATION_RESTORE_FROM.into(), cp.clone());
+    }
     let name = sbx.metadata.name.clone().unwrap_or_default();
     let mut meta = ObjectMeta {
         name: Some(name.clone()),
@@ -105,6 +115,21 @@ mod tests {
         assert_eq!(
             vol.persistent_volume_claim.as_ref().unwrap().claim_name,
             "www-box"
+        );
+        assert!(
+            !pod.metadata
+                .annotations
+                .unwrap()
+                .contains_key(ANNOTATION_RESTORE_FROM)
+        );
+
+        // A clone's pod names the checkpoint it starts from.
+        sbx.metadata.annotations =
+            Some([(ANNOTATION_RESTORE_FROM.to_string(), "cp123".to_string())].into());
+        let pod = build_pod(&sbx, sbx.spec.template.as_ref().unwrap(), "rev1", None).unwrap();
+        assert_eq!(
+            pod.metadata.annotations.unwrap()[ANNOTATION_RESTORE_FROM],
+            "cp123"
         );
     }
 }

@@ -13,6 +13,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use sandbox_api::claim::{InPlaceChange, Take, new_sandbox_from_set, take_error};
 use sandbox_api::keys::*;
 use sandbox_api::{Sandbox, SandboxSet};
+
 use sandbox_core::{ClaimIdentity, Pool, SandboxStore, TakeError};
 use serde_json::{Value, json};
 
@@ -49,11 +50,32 @@ pub struct Marks {
     pub in_place: InPlaceChange,
 }
 
+/// Where a create's sandbox comes from.
+pub enum Source {
+    /// A SandboxSet's warm pool (created from its current revision on no stock).
+    Pool(Arc<SandboxSet>),
+    /// A snapshot: no pool, every sandbox is a clone (`snapshots::clone_of`).
+    Snapshot(Box<Sandbox>),
+}
+
+impl Source {
+    fn name(&self) -> String {
+        match self {
+            Source::Pool(set) => set.name_any(),
+            Source::Snapshot(s) => s
+                .labels()
+                .get(LABEL_SANDBOX_TEMPLATE)
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+}
+
 /// The store of one create.
 pub struct ManagerStore<'a> {
     pub index: &'a Index,
     pub api: Api<Sandbox>,
-    pub set: Arc<SandboxSet>,
+    pub source: Source,
     pub marks: &'a Marks,
     pub sandbox_id: &'a str,
     pub routes: &'a RouteWaiter,
@@ -75,14 +97,16 @@ impl SandboxStore for ManagerStore<'_> {
     type Error = StoreError;
 
     async fn pool(&self) -> Result<Pool<Arc<Sandbox>>, StoreError> {
-        let ns = self.set.namespace().unwrap_or_default();
+        let Source::Pool(set) = &self.source else {
+            return Ok(Pool {
+                sandboxes: Vec::new(),
+                update_revision: None,
+            });
+        };
+        let ns = set.namespace().unwrap_or_default();
         Ok(Pool {
-            sandboxes: self.index.pool(&ns, &self.set.name_any()),
-            update_revision: self
-                .set
-                .status
-                .as_ref()
-                .and_then(|s| s.update_revision.clone()),
+            sandboxes: self.index.pool(&ns, &set.name_any()),
+            update_revision: set.status.as_ref().and_then(|s| s.update_revision.clone()),
         })
     }
 
@@ -96,7 +120,7 @@ impl SandboxStore for ManagerStore<'_> {
             // The whole template goes into the patch (a merge patch replaces lists), guarded by
             // the same resourceVersion as the rest of the take.
             let mut template = candidate.spec.template.clone().ok_or_else(|| {
-                TakeError::Failed(StoreError::NoInlineTemplate(self.set.name_any()))
+                TakeError::Failed(StoreError::NoInlineTemplate(self.source.name()))
             })?;
             self.marks.in_place.apply(&mut template);
             take.spec.insert(
@@ -119,15 +143,20 @@ impl SandboxStore for ManagerStore<'_> {
         }
     }
 
-    /// A sandbox from the set's current revision (the controller computed it), already taken.
+    /// A sandbox from the set's current revision (the controller computed it), or a clone of
+    /// the snapshot, already taken.
     async fn create(&self, identity: &ClaimIdentity) -> Result<Arc<Sandbox>, StoreError> {
-        let revision = self
-            .set
-            .status
-            .as_ref()
-            .and_then(|s| s.update_revision.clone())
-            .ok_or_else(|| StoreError::NoRevision(self.set.name_any()))?;
-        let mut fresh = new_sandbox_from_set(&self.set, &revision);
+        let mut fresh = match &self.source {
+            Source::Pool(set) => {
+                let revision = set
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.update_revision.clone())
+                    .ok_or_else(|| StoreError::NoRevision(set.name_any()))?;
+                new_sandbox_from_set(set, &revision)
+            }
+            Source::Snapshot(clone) => clone.as_ref().clone(),
+        };
         if let Some(t) = fresh.spec.template.as_mut() {
             self.marks.in_place.apply(t);
         }

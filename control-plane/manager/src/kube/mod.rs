@@ -14,6 +14,7 @@ mod lifecycle;
 mod names;
 pub mod record;
 mod routes;
+mod snapshots;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -40,10 +41,11 @@ use crate::model::{
     OnTimeout, Paused, SandboxId, SandboxRecord, SandboxState, SnapshotRecord, TemplateRecord,
 };
 
-use claim::{ManagerStore, Marks, is_status};
+use claim::{ManagerStore, Marks, Source, is_status};
 use index::Index;
 use record::{ANNOTATION_RETURN_IP, ANNOTATION_TEAM_ID, record_of, template_of};
 use routes::RouteWaiter;
+use snapshots::Snapshots;
 
 /// How long "forever" is on a Sandbox spec (upstream: 100 years).
 const FOREVER: SignedDuration = SignedDuration::from_hours(24 * 365 * 100);
@@ -78,6 +80,7 @@ pub struct KubeBackend {
     cfg: KubeConfig,
     metrics: Arc<Metrics>,
     http: RuntimeHttp,
+    snapshots: Snapshots,
     shutdown: CancellationToken,
 }
 
@@ -132,7 +135,9 @@ impl KubeBackend {
             },
             Arc::new(HttpRuntimeInit::new(Duration::from_secs(1))),
         );
+        let snapshots = Snapshots::new(client.clone(), cfg.namespace.clone());
         let backend = Arc::new(KubeBackend {
+            snapshots,
             client,
             index,
             engine,
@@ -419,6 +424,59 @@ impl KubeBackend {
         })
     }
 
+    /// What a create takes from: the template's SandboxSet, else the caller's snapshot of that
+    /// id or name (a clone).
+    async fn source(&self, spec: &CreateSpec) -> BackendResult<Source> {
+        let ns = self.template_namespace(&spec.caller);
+        if let Some(set) = self
+            .index
+            .sets_named(ns, &spec.template_id)
+            .into_iter()
+            .next()
+        {
+            return Ok(Source::Pool(set));
+        }
+        let not_found =
+            || BackendError::NotFound(format!("template {} not found", spec.template_id));
+        let Some((cp, rec)) = self.snapshots.find(&spec.caller, &spec.template_id).await? else {
+            return Err(not_found());
+        };
+        if spec.extensions.kube.image.is_some() {
+            return Err(BackendError::BadRequest(format!(
+                "Bad extension param: {}image: not allowed when creating from a snapshot",
+                crate::extensions::PREFIX
+            )));
+        }
+        let tpl = self.snapshots.template(&cp).await?;
+        Ok(Source::Snapshot(Box::new(snapshots::clone_of(
+            &cp, &tpl, &rec.id,
+        ))))
+    }
+
+    /// What sandbox `s` was made from, for a snapshot's template: its inline template, or the
+    /// SandboxTemplate it references.
+    async fn template_spec(&self, s: &Sandbox) -> BackendResult<sandbox_api::SandboxTemplateSpec> {
+        let mut spec = sandbox_api::SandboxTemplateSpec {
+            template: s.spec.template.clone(),
+            volume_claim_templates: s.spec.volume_claim_templates.clone(),
+            persistent_contents: s.spec.persistent_contents.clone(),
+            runtimes: s.spec.runtimes.clone(),
+            pause_strategy: s.spec.pause_strategy.clone(),
+        };
+        if spec.template.is_none()
+            && let Some(r) = &s.spec.template_ref
+        {
+            let api: Api<sandbox_api::SandboxTemplate> =
+                Api::namespaced(self.client.clone(), &s.namespace().unwrap_or_default());
+            let referenced = api.get(&r.name).await.map_err(internal)?;
+            spec.template = referenced.spec.template;
+            if spec.volume_claim_templates.is_empty() {
+                spec.volume_claim_templates = referenced.spec.volume_claim_templates;
+            }
+        }
+        Ok(spec)
+    }
+
     fn claim_options(&self, spec: &CreateSpec) -> ClaimOptions {
         let k = &spec.extensions.kube;
         let reserve = match k.reserve_failed_sandbox_for.as_deref() {
@@ -455,22 +513,21 @@ impl Backend for KubeBackend {
 
     async fn create(&self, spec: CreateSpec) -> BackendResult<SandboxRecord> {
         let in_place = Self::check_extensions(&spec)?;
-        let ns = self.template_namespace(&spec.caller);
-        let set = self
-            .index
-            .sets_named(ns, &spec.template_id)
-            .into_iter()
-            .next()
-            .ok_or_else(|| {
-                BackendError::NotFound(format!("template {} not found", spec.template_id))
-            })?;
+        let source = self.source(&spec).await?;
+        let namespace = match &source {
+            Source::Pool(set) => set.namespace(),
+            Source::Snapshot(clone) => clone.namespace(),
+        };
         let id = SandboxId::random();
         let mut marks = self.marks(&spec, &id);
         marks.in_place = in_place;
+        let mut options = self.claim_options(&spec);
+        // A clone is always made (and waited for); there is no pool of them.
+        options.create_on_no_stock |= matches!(source, Source::Snapshot(_));
         let store = ManagerStore {
             index: &self.index,
-            api: self.api(&set.namespace().unwrap_or_default()),
-            set,
+            api: self.api(&namespace.unwrap_or_default()),
+            source,
             marks: &marks,
             sandbox_id: id.as_str(),
             routes: &self.routes,
@@ -481,11 +538,7 @@ impl Backend for KubeBackend {
             .unwrap_or(self.cfg.claim_timeout);
         let report = self
             .engine
-            .claim(
-                &store,
-                &self.claim_options(&spec),
-                &RetryPolicy::upstream(Some(timeout)),
-            )
+            .claim(&store, &options, &RetryPolicy::upstream(Some(timeout)))
             .await;
         for (stage, d) in report.timings.stages() {
             self.metrics.observe_stage(stage, d);
@@ -605,30 +658,52 @@ impl Backend for KubeBackend {
         &self,
         caller: &Caller,
         id: &SandboxId,
-        _name: Option<String>,
+        name: Option<String>,
     ) -> BackendResult<SnapshotRecord> {
-        self.find(caller, id)?;
-        Err(BackendError::BadRequest(
-            "snapshots (Checkpoint CRs) are not supported by this sandbox-manager's kube backend yet"
-                .into(),
-        ))
+        let s = self.find(caller, id)?;
+        if record_of(&s, Timestamp::now()).is_some_and(|r| r.state == SandboxState::Paused) {
+            // A paused sandbox on Kubernetes has no pod whose files could be checkpointed.
+            return Err(BackendError::Conflict(format!(
+                "sandbox {id} is paused: resume it before taking a snapshot"
+            )));
+        }
+        let template = self.template_spec(&s).await?;
+        self.snapshots.take(caller, &s, template, name).await
     }
 
-    async fn list_snapshots(&self, _caller: &Caller) -> BackendResult<Vec<SnapshotRecord>> {
-        Ok(Vec::new())
-    }
-
-    async fn delete_snapshot(&self, _caller: &Caller, _id: &str) -> BackendResult<bool> {
-        Ok(false)
-    }
-
-    async fn templates(&self, caller: &Caller) -> BackendResult<Vec<TemplateRecord>> {
+    async fn list_snapshots(&self, caller: &Caller) -> BackendResult<Vec<SnapshotRecord>> {
         Ok(self
+            .snapshots
+            .list(caller)
+            .await?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    async fn delete_snapshot(&self, caller: &Caller, id: &str) -> BackendResult<bool> {
+        self.snapshots.delete(caller, id).await
+    }
+
+    /// The SandboxSets, then the caller's snapshots (private templates named by their names).
+    async fn templates(&self, caller: &Caller) -> BackendResult<Vec<TemplateRecord>> {
+        let mut out: Vec<TemplateRecord> = self
             .index
             .sets(self.template_namespace(caller))
             .iter()
             .map(|s| template_of(s))
-            .collect())
+            .collect();
+        for snap in self.list_snapshots(caller).await? {
+            let base = out.iter().find(|t| t.id == snap.template_id).cloned();
+            out.push(TemplateRecord {
+                id: snap.id.clone(),
+                aliases: snap.names.clone(),
+                created_at: snap.created_at,
+                public: false,
+                ..base.unwrap_or_else(record::snapshot_template_defaults)
+            });
+        }
+        Ok(out)
     }
 
     async fn ready(&self) -> Result<(), String> {

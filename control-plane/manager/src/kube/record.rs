@@ -211,6 +211,20 @@ pub fn template_of(set: &SandboxSet) -> TemplateRecord {
     }
 }
 
+/// What a snapshot whose source template is gone reports as its resources.
+pub fn snapshot_template_defaults() -> TemplateRecord {
+    TemplateRecord {
+        id: String::new(),
+        aliases: Vec::new(),
+        cpu_count: 2,
+        memory_mb: 512,
+        disk_size_mb: 1024,
+        envd_version: ENVD_VERSION.into(),
+        created_at: Timestamp::UNIX_EPOCH,
+        public: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,11 @@ struct Args {
     /// readinessProbe, as a kubelet would start the container.
     #[arg(long = "image")]
     images: Vec<kube_harness::ImageRule>,
+    /// The simulator also plays the checkpoint controller: it fulfils Checkpoint CRs of its
+    /// pods by copying their work directories, and starts pods annotated
+    /// `agents.kruise.io/restore-from` from such a copy.
+    #[arg(long)]
+    checkpoints: bool,
     /// Do not start kube-controller-manager (no garbage collection, namespaces never finish
     /// deleting).
     #[arg(long)]
@@ -77,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
             ip_range: Some(args.ip_range),
             command,
             images: args.images.clone(),
+            checkpoints: args.checkpoints,
             ..Default::default()
         };
         Some(

@@ -12,6 +12,7 @@
 //! It runs on its own thread and tokio runtime, so it is independent of the test's runtime and
 //! can outlive single tests. Dropping it kills every process it started.
 
+pub mod checkpoints;
 mod container;
 mod ippool;
 mod services;
@@ -79,6 +80,9 @@ pub struct NodeSimConfig {
     /// would (arguments, environment, volumes, service account, readinessProbe; see
     /// `container.rs`) instead of `command`.
     pub images: Vec<ImageRule>,
+    /// Act as the checkpoint controller (`checkpoints.rs`): fulfil Checkpoint CRs of the pods
+    /// this node runs, and start pods annotated `agents.kruise.io/restore-from` from them.
+    pub checkpoints: bool,
 }
 
 impl Default for NodeSimConfig {
@@ -103,6 +107,7 @@ impl Default for NodeSimConfig {
             max_termination_grace: Duration::from_secs(5),
             work_root: None,
             images: Vec::new(),
+            checkpoints: false,
         }
     }
 }
@@ -294,6 +299,9 @@ impl NodeSimulator {
                             root,
                             registry,
                         });
+                        if shared.cfg.checkpoints {
+                            tokio::spawn(checkpoints::run(shared.clone()));
+                        }
                         run(shared, ready_tx, shutdown_rx).await;
                     });
                     rt.shutdown_timeout(Duration::from_secs(5));

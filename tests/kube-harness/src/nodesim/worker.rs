@@ -298,6 +298,18 @@ impl Worker {
             self.start_failed(format!("create {}: {e}", self.workdir.display()));
             return;
         }
+        // The first run of a pod made from a checkpoint starts with its files.
+        if self.run.run_id == 0
+            && self.shared.cfg.checkpoints
+            && let Err(e) = super::checkpoints::restore(
+                &self.shared.root,
+                pod.metadata.annotations.as_ref(),
+                &self.workdir,
+            )
+        {
+            self.start_failed(e);
+            return;
+        }
         let rule = container::rule_for(&self.shared.cfg.images, pod).cloned();
         let cmd = match rule {
             Some(rule) => self.container_command(pod, &rule, ip).await,
