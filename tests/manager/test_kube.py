@@ -346,6 +346,27 @@ def test_snapshots_are_checkpoints_and_clones_restore_from_them(stack, kill_afte
     clone = [s for s in sandbox_crs() if s["metadata"].get("labels", {}).get("agents.kruise.io/sandbox-id") == child.sandbox_id]
     assert clone[0]["metadata"]["annotations"]["agents.kruise.io/restore-from"] == snap.snapshot_id
 
+    # The clone-only name keys (upstream): an exact name, then a prefix; refused elsewhere.
+    name = f"clone-{int(time.time() * 1000) % 10**9}"
+    named = Sandbox.create(template=snap.snapshot_id, metadata={EXT + "sandbox-name": name})
+    kill_after.append(named)
+    assert [s["metadata"]["name"] for s in sandbox_crs()
+            if s["metadata"].get("labels", {}).get("agents.kruise.io/sandbox-id") == named.sandbox_id] == [name]
+    assert named.files.read("cp.txt") == "checkpointed"
+    status, body, _ = stack.request("POST", "/v2/sandboxes", {"templateID": snap.snapshot_id,
+                                                              "metadata": {EXT + "sandbox-name": name}})
+    assert status == 409, body
+    prefixed = Sandbox.create(template=snap.snapshot_id, metadata={EXT + "sandbox-generate-name": "pfx-"})
+    kill_after.append(prefixed)
+    assert [s["metadata"]["name"].startswith("pfx-") for s in sandbox_crs()
+            if s["metadata"].get("labels", {}).get("agents.kruise.io/sandbox-id") == prefixed.sandbox_id] == [True]
+    for meta in ({EXT + "sandbox-name": "x"}, {EXT + "sandbox-name": "Bad_Name"},
+                 {EXT + "sandbox-name": "a", EXT + "sandbox-generate-name": "b-"}):
+        template = "base" if meta == {EXT + "sandbox-name": "x"} else snap.snapshot_id
+        status, body, _ = stack.request("POST", "/v2/sandboxes", {"templateID": template, "metadata": meta})
+        assert status == 400, (meta, body)
+        assert "sandbox-" in body["message"], body
+
     assert Sandbox.delete_snapshot(snap.snapshot_id) is True
     wait_until(lambda: cp["metadata"]["name"] not in kubectl("get", "checkpoints.agents.kruise.io,sandboxtemplates.agents.kruise.io",
                                                              "-n", "default", "-o", "name"), timeout=60)

@@ -367,13 +367,16 @@ impl KubeBackend {
             }
         }
         /// What this backend carries out of the Kubernetes-only keys.
-        const SUPPORTED: [&str; 5] = [
+        const SUPPORTED: [&str; 7] = [
             "reserve-failed-sandbox",
             "reserve-failed-sandbox-for",
             "image",
             "cpu-request",
             "cpu-limit",
+            "sandbox-name",
+            "sandbox-generate-name",
         ];
+        Self::check_clone_name(spec)?;
         let in_place = Self::in_place_of(spec)?;
         match spec
             .extensions
@@ -386,6 +389,30 @@ impl KubeBackend {
                 crate::extensions::PREFIX
             ))),
             None => Ok(in_place),
+        }
+    }
+
+    /// The clone-only keys `sandbox-name` (a DNS-1123 label) and `sandbox-generate-name` (a
+    /// prefix of one), mutually exclusive (upstream).
+    fn check_clone_name(spec: &CreateSpec) -> BackendResult<()> {
+        let k = &spec.extensions.kube;
+        let bad = |why: String| {
+            BackendError::BadRequest(format!(
+                "Bad extension param: {}{why}",
+                crate::extensions::PREFIX
+            ))
+        };
+        match (&k.sandbox_name, &k.sandbox_generate_name) {
+            (Some(_), Some(_)) => Err(bad(
+                "sandbox-name and sandbox-generate-name are mutually exclusive".into(),
+            )),
+            (Some(n), None) if !names::dns_label(n) => {
+                Err(bad(format!("sandbox-name: {n:?} is not a DNS-1123 label")))
+            }
+            (None, Some(g)) if !names::generate_name_prefix(g) => Err(bad(format!(
+                "sandbox-generate-name: {g:?} is not a DNS-1123 label prefix of at most 58 characters"
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -428,12 +455,19 @@ impl KubeBackend {
     /// id or name (a clone).
     async fn source(&self, spec: &CreateSpec) -> BackendResult<Source> {
         let ns = self.template_namespace(&spec.caller);
+        let k = &spec.extensions.kube;
         if let Some(set) = self
             .index
             .sets_named(ns, &spec.template_id)
             .into_iter()
             .next()
         {
+            if k.sandbox_name.is_some() || k.sandbox_generate_name.is_some() {
+                return Err(BackendError::BadRequest(format!(
+                    "Bad extension param: {}sandbox-name and sandbox-generate-name are only allowed when creating from a snapshot",
+                    crate::extensions::PREFIX
+                )));
+            }
             return Ok(Source::Pool(set));
         }
         let not_found =
@@ -448,9 +482,24 @@ impl KubeBackend {
             )));
         }
         let tpl = self.snapshots.template(&cp).await?;
-        Ok(Source::Snapshot(Box::new(snapshots::clone_of(
-            &cp, &tpl, &rec.id,
-        ))))
+        let mut clone = snapshots::clone_of(&cp, &tpl, &rec.id);
+        if let Some(name) = &k.sandbox_name {
+            let taken = self
+                .api(&cp.namespace().unwrap_or_default())
+                .get_opt(name)
+                .await
+                .map_err(internal)?;
+            if taken.is_some() {
+                return Err(BackendError::Conflict(format!(
+                    "a sandbox named {name} already exists"
+                )));
+            }
+            clone.metadata.name = Some(name.clone());
+            clone.metadata.generate_name = None;
+        } else if let Some(prefix) = &k.sandbox_generate_name {
+            clone.metadata.generate_name = Some(prefix.clone());
+        }
+        Ok(Source::Snapshot(Box::new(clone)))
     }
 
     /// What sandbox `s` was made from, for a snapshot's template: its inline template, or the

@@ -33,6 +33,18 @@ pub fn qualified_name(k: &str) -> bool {
     }
 }
 
+/// A DNS-1123 label (an object name): ≤ 63 lower-case letters, digits and `-`, starting and
+/// ending with a letter or digit.
+pub fn dns_label(s: &str) -> bool {
+    !s.contains('.') && dns_subdomain(s) && s.len() <= 63
+}
+
+/// A `generateName` prefix: a DNS-1123 label once the apiserver appends 5 characters, so at most
+/// 58 characters, and it may end with `-`.
+pub fn generate_name_prefix(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 58 && dns_label(&format!("{s}x"))
+}
+
 /// A label value: empty, or ≤ 63 characters like a name part.
 pub fn label_value(v: &str) -> bool {
     v.is_empty() || name_part(v, 63)
@@ -61,5 +73,21 @@ mod tests {
             assert!(!qualified_name(bad), "{bad}");
         }
         assert!(label_value("") && label_value("v1.2") && !label_value("a b"));
+    }
+
+    #[test]
+    fn object_names_and_prefixes() {
+        for ok in ["a", "my-clone-1", &"a".repeat(63)] {
+            assert!(dns_label(ok), "{ok}");
+        }
+        for bad in ["", "My", "a.b", "-a", "a-", &"a".repeat(64), "a_b"] {
+            assert!(!dns_label(bad), "{bad}");
+        }
+        for ok in ["clone-", "c", &"a".repeat(58)] {
+            assert!(generate_name_prefix(ok), "{ok}");
+        }
+        for bad in ["", "-x", "Clone-", &"a".repeat(59)] {
+            assert!(!generate_name_prefix(bad), "{bad}");
+        }
     }
 }
