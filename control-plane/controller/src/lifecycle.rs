@@ -529,7 +529,6 @@ impl<'a> Step<'a> {
             && annotation(self.sbx, ANNOTATION_INIT_RUNTIME_REQUEST).is_some()
             && conditions::reason(&self.status.conditions, cond::RUNTIME_INITIALIZED)
                 == Some(cond::REASON_PENDING)
-            && !conditions::is_true(&self.status.conditions, cond::RUNTIME_INITIALIZED)
         {
             self.plan.init_runtime = true;
         }

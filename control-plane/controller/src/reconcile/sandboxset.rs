@@ -329,14 +329,16 @@ async fn reconcile_inner(set: Arc<SandboxSet>, ctx: Arc<Context>) -> Result<Acti
         .set(status.available_replicas as i64);
     // Members change through watch events; the periodic requeue catches expired shutdown timers.
     let mut next = Duration::from_secs(60);
-    if let Some(old) = set.status.as_ref().filter(|old| **old != status) {
-        let counts_only = SandboxSetStatus {
-            replicas: old.replicas,
-            available_replicas: old.available_replicas,
-            updated_replicas: old.updated_replicas,
-            updated_available_replicas: old.updated_available_replicas,
-            ..status.clone()
-        } == *old;
+    if set.status.as_ref() != Some(&status) {
+        let counts_only = set.status.as_ref().is_some_and(|old| {
+            SandboxSetStatus {
+                replicas: old.replicas,
+                available_replicas: old.available_replicas,
+                updated_replicas: old.updated_replicas,
+                updated_available_replicas: old.updated_available_replicas,
+                ..status.clone()
+            } == *old
+        });
         match ctx.status_pace.wait(&key, Instant::now()) {
             // The counts are written when this requeue comes round (crate::pace).
             Some(wait) if counts_only => next = wait,
@@ -345,9 +347,6 @@ async fn reconcile_inner(set: Arc<SandboxSet>, ctx: Arc<Context>) -> Result<Acti
                 ctx.status_pace.wrote(&key, Instant::now());
             }
         }
-    } else if set.status.is_none() {
-        write_status(&sets, &name, &status).await?;
-        ctx.status_pace.wrote(&key, Instant::now());
     }
     if !failures.is_empty() {
         return Err(Error::Batch(failures.len(), failures.swap_remove(0)));

@@ -13,7 +13,6 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use sandbox_api::claim::{InPlaceChange, Take, new_sandbox_from_set, take_error};
 use sandbox_api::keys::*;
 use sandbox_api::{Sandbox, SandboxSet};
-
 use sandbox_core::{ClaimIdentity, Pool, SandboxStore, TakeError};
 use serde_json::{Value, json};
 

@@ -470,12 +470,13 @@ impl KubeBackend {
             }
             return Ok(Source::Pool(set));
         }
-        let not_found =
-            || BackendError::NotFound(format!("template {} not found", spec.template_id));
         let Some((cp, rec)) = self.snapshots.find(&spec.caller, &spec.template_id).await? else {
-            return Err(not_found());
+            return Err(BackendError::NotFound(format!(
+                "template {} not found",
+                spec.template_id
+            )));
         };
-        if spec.extensions.kube.image.is_some() {
+        if k.image.is_some() {
             return Err(BackendError::BadRequest(format!(
                 "Bad extension param: {}image: not allowed when creating from a snapshot",
                 crate::extensions::PREFIX
@@ -710,14 +711,16 @@ impl Backend for KubeBackend {
         name: Option<String>,
     ) -> BackendResult<SnapshotRecord> {
         let s = self.find(caller, id)?;
-        if record_of(&s, Timestamp::now()).is_some_and(|r| r.state == SandboxState::Paused) {
+        let rec =
+            record_of(&s, Timestamp::now()).ok_or_else(|| BackendError::sandbox_not_found(id))?;
+        if rec.state == SandboxState::Paused {
             // A paused sandbox on Kubernetes has no pod whose files could be checkpointed.
             return Err(BackendError::Conflict(format!(
                 "sandbox {id} is paused: resume it before taking a snapshot"
             )));
         }
         let template = self.template_spec(&s).await?;
-        self.snapshots.take(caller, &s, template, name).await
+        self.snapshots.take(caller, &s, &rec, template, name).await
     }
 
     async fn list_snapshots(&self, caller: &Caller) -> BackendResult<Vec<SnapshotRecord>> {

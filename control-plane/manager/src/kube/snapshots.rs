@@ -18,8 +18,9 @@ use sandbox_api::{
 };
 use serde_json::json;
 
-use super::record::{self, ANNOTATION_TEAM_ID};
-use crate::model::{BackendError, BackendResult, Caller, SandboxId, SnapshotRecord};
+use super::claim::is_status;
+use super::record::ANNOTATION_TEAM_ID;
+use crate::model::{BackendError, BackendResult, Caller, SandboxId, SandboxRecord, SnapshotRecord};
 
 /// The snapshot's names (a JSON array of strings; E2B names may hold `/` and `:`).
 pub const ANNOTATION_SNAPSHOT_NAMES: &str = "e2b.agents.kruise.io/snapshot-names";
@@ -110,19 +111,19 @@ impl Snapshots {
         Ok(found.into_iter().next())
     }
 
-    /// Snapshots sandbox `s` (its template resolved to `template`): a Checkpoint, the
-    /// SandboxTemplate beside it, then a wait for the checkpoint controller.
+    /// Snapshots sandbox `s` (`rec` as the API shows it; its template resolved to `template`):
+    /// a Checkpoint, the SandboxTemplate beside it, then a wait for the checkpoint controller.
+    /// On failure the Checkpoint is deleted (the template with it).
     pub async fn take(
         &self,
         caller: &Caller,
         s: &Sandbox,
+        rec: &SandboxRecord,
         template: SandboxTemplateSpec,
         name: Option<String>,
     ) -> BackendResult<SnapshotRecord> {
         let ns = s.namespace().unwrap_or_default();
         let api: Api<Checkpoint> = Api::namespaced(self.client.clone(), &ns);
-        let rec = record::record_of(s, Timestamp::now())
-            .ok_or_else(|| BackendError::NotFound(format!("sandbox {} not found", s.name_any())))?;
         let mut cp = Checkpoint::new(
             "",
             CheckpointSpec {
@@ -166,12 +167,14 @@ impl Snapshots {
             spec: template,
         };
         let templates: Api<SandboxTemplate> = Api::namespaced(self.client.clone(), &ns);
-        if let Err(e) = templates.create(&PostParams::default(), &tpl).await {
-            let _ = api.delete(&cp_name, &DeleteParams::default()).await;
-            return Err(internal(format!("snapshot template: {e}")));
-        }
-        let done = self.wait(&api, &cp_name).await;
-        let rec = match done {
+        let finished = async {
+            templates
+                .create(&PostParams::default(), &tpl)
+                .await
+                .map_err(|e| internal(format!("snapshot template: {e}")))?;
+            self.wait(&api, &cp_name).await
+        };
+        let rec = match finished.await {
             Ok(r) => r,
             Err(e) => {
                 let _ = api.delete(&cp_name, &DeleteParams::default()).await;
@@ -222,7 +225,7 @@ impl Snapshots {
             .await
         {
             Ok(_) => Ok(true),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+            Err(e) if is_status(&e, 404) => Ok(false),
             Err(e) => Err(internal(e)),
         }
     }

@@ -24,6 +24,12 @@ pub(crate) fn store(root: &Path) -> PathBuf {
     root.join("checkpoints")
 }
 
+/// The copy of checkpoint `id` (`None`: not an id this simulator makes, so no path outside the
+/// store is ever formed from it).
+fn checkpoint_dir(root: &Path, id: &str) -> Option<PathBuf> {
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| store(root).join(id))
+}
+
 fn checkpoint_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("agents.kruise.io", "v1alpha1", "Checkpoint"),
@@ -67,10 +73,9 @@ pub(crate) fn restore(
     let Some(id) = annotations.and_then(|a| a.get(RESTORE_FROM)) else {
         return Ok(());
     };
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    let Some(src) = checkpoint_dir(root, id) else {
         return Err(format!("{RESTORE_FROM}: {id:?} is not a checkpoint id"));
-    }
-    let src = store(root).join(id);
+    };
     if !src.is_dir() {
         return Err(format!("checkpoint {id} is not on this node"));
     }
@@ -98,11 +103,11 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             }
             Ok(watcher::Event::Delete(cp)) => {
                 handled.remove(cp.metadata.uid.as_deref().unwrap_or_default());
-                if let Some(id) = cp.data["status"]["checkpointId"].as_str()
-                    && !id.is_empty()
-                    && id.bytes().all(|b| b.is_ascii_alphanumeric())
+                if let Some(dir) = cp.data["status"]["checkpointId"]
+                    .as_str()
+                    .and_then(|id| checkpoint_dir(&shared.root, id))
                 {
-                    let _ = tokio::fs::remove_dir_all(store(&shared.root).join(id)).await;
+                    let _ = tokio::fs::remove_dir_all(dir).await;
                 }
             }
             Ok(_) => {}
@@ -143,14 +148,16 @@ async fn fulfil(shared: &Shared, ar: &ApiResource, cp: &DynamicObject) -> bool {
     };
     let id = new_id();
     let dst = store(&shared.root).join(&id);
-    let copied = tokio::task::spawn_blocking(move || copy_tree(&workdir, &dst)).await;
+    let copied = tokio::task::spawn_blocking(move || copy_tree(&workdir, &dst))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
     let status = match copied {
-        Ok(Ok(())) => json!({
+        Ok(()) => json!({
             "phase": "Succeeded",
             "checkpointId": id,
             "completionTime": k8s_openapi::jiff::Timestamp::now().to_string(),
         }),
-        Ok(Err(e)) => json!({"phase": "Failed", "message": format!("copy: {e}")}),
         Err(e) => json!({"phase": "Failed", "message": format!("copy: {e}")}),
     };
     set_status(shared, ar, cp, status).await
