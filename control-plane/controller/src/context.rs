@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
-use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::Store;
-use sandbox_api::Sandbox;
+use kube::{Api, Client};
+use sandbox_api::{Sandbox, SandboxSet};
 use sandbox_core::{ClaimEngine, EngineConfig, HttpRuntimeInit};
 
 use tokio::sync::mpsc;
@@ -82,6 +83,8 @@ pub struct Context {
     pub sandbox_store: OnceLock<Store<Sandbox>>,
     /// The sandbox pods as the Sandbox controller's pod watch last saw them.
     pub pod_store: OnceLock<Store<Pod>>,
+    /// The SandboxSet controller's cache: what claims read their set from.
+    pub set_store: OnceLock<Store<SandboxSet>>,
     /// What SandboxSet reconciles created or deleted that the cache has not shown yet.
     pub scale: ScaleExpectations,
     /// Spacing of SandboxSet status writes (`ns/name`).
@@ -125,6 +128,7 @@ impl Context {
             claims,
             sandbox_store: OnceLock::new(),
             pod_store: OnceLock::new(),
+            set_store: OnceLock::new(),
             scale: ScaleExpectations::default(),
             materialised: Mutex::new(HashSet::new()),
             status_pace: Pacer::default(),
@@ -144,6 +148,21 @@ impl Context {
                 None
             }
         }
+    }
+
+    /// The SandboxSet `ns/name`: from the SandboxSet controller's cache when it has it, else
+    /// from the apiserver (a set created a moment before the claim that names it may not be
+    /// in the cache yet, and is never taken for missing).
+    pub async fn sandbox_set(&self, ns: &str, name: &str) -> kube::Result<Option<Arc<SandboxSet>>> {
+        if let Some(set) = self
+            .set_store
+            .get()
+            .and_then(|s| s.get(&ObjectRef::new(name).within(ns)))
+        {
+            return Ok(Some(set));
+        }
+        let sets: Api<SandboxSet> = Api::namespaced(self.client.clone(), ns);
+        Ok(sets.get_opt(name).await?.map(Arc::new))
     }
 
     /// Queues an event for the publisher task: a reconcile never waits for an event, and a

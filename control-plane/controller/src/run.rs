@@ -86,7 +86,9 @@ pub async fn run_controllers(
 
     // A sandbox keeps its `sandbox-pool` label after it is claimed (and loses its ownerRef), so
     // map by label: the pool hears about every claim and refills.
-    let set_ctl = Controller::new(sets, watcher::Config::default())
+    let set_ctl = Controller::new(sets, watcher::Config::default());
+    let _ = ctx.set_store.set(set_ctl.store());
+    let set_ctl = set_ctl
         .watches(sandboxes, watcher::Config::default(), |s: Sandbox| {
             let ns = s.namespace()?;
             let pool = s.labels().get(LABEL_SANDBOX_POOL)?.clone();

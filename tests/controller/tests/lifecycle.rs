@@ -544,6 +544,49 @@ async fn claim_env_vars_reach_the_runtime_through_init() {
             .get(ANNOTATION_RUNTIME_ACCESS_TOKEN)
             .map(String::as_str)
     );
+
+    // The claim's labels reach the pod as a metadata-only in-place update: the pod is patched
+    // and the sandbox moves to the new revision without an InplaceUpdate condition (upstream:
+    // "patched directly without touching conditions"; only image/resource changes wait).
+    let pods: Api<Pod> = env.api();
+    let sandboxes: Api<Sandbox> = env.api();
+    let claim_uid = env
+        .api::<SandboxClaim>()
+        .get("with-env")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let done = env
+        .eventually(
+            "pod relabelled, sandbox at the new revision",
+            Duration::from_secs(60),
+            || async {
+                let p = pods.get(&sbx.name_any()).await.map_err(|e| e.to_string())?;
+                let s = sandboxes
+                    .get(&sbx.name_any())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let rev = s.status.as_ref().and_then(|st| st.update_revision.clone());
+                let labels = p.labels();
+                if labels.get(ANNOTATION_OWNER) == Some(&claim_uid)
+                    && labels.get(LABEL_CLAIM_NAME).map(String::as_str) == Some("with-env")
+                    && rev.is_some()
+                    && labels.get(LABEL_POD_TEMPLATE_HASH) == rev.as_ref()
+                {
+                    Ok(s)
+                } else {
+                    Err(format!("pod labels {labels:?}, sandbox revision {rev:?}"))
+                }
+            },
+        )
+        .await;
+    let conditions = done.status.unwrap_or_default().conditions;
+    assert!(
+        !conditions.iter().any(|c| c.type_ == "InplaceUpdate"),
+        "a metadata-only change sets no InplaceUpdate condition: {conditions:?}"
+    );
 }
 
 /// The sandbox `claim` took, once the claim reports it (its `/init` is sent before that).

@@ -308,14 +308,13 @@ async fn reconcile_inner(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<
     let ns = claim.namespace().unwrap_or_default();
     let claims: Api<SandboxClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let sandboxes: Api<Sandbox> = Api::namespaced(ctx.client.clone(), &ns);
-    let sets: Api<SandboxSet> = Api::namespaced(ctx.client.clone(), &ns);
     let oref = claim.object_ref(&());
     let now = Timestamp::now();
 
     if claim.status.as_ref().and_then(|s| s.phase.as_deref())
         != Some(sandbox_api::types::claim_phase::COMPLETED)
     {
-        let Some(set) = sets.get_opt(&claim.spec.template_name).await? else {
+        let Some(set) = ctx.sandbox_set(&ns, &claim.spec.template_name).await? else {
             let st = set_not_found(&claim, now);
             ctx.event(
                 &oref,
@@ -442,13 +441,20 @@ async fn claim_from(
         ctx.event(&claim.object_ref(&()), true, "NoAvailableSandboxes", &note)
             .await;
     }
+    // The status after this batch: a claim it satisfied is Completed in this one write (not a
+    // Claiming write and a Completed one on the next reconcile).
+    let progressed = SandboxClaim {
+        status: Some(st),
+        ..claim.clone()
+    };
+    let (st, step) = claim_progress(&progressed, 0, Timestamp::now());
     write_status(ctx, claims, claim, &st).await?;
     if let Some(e) = err {
         return Err(e.into());
     }
-    Ok(if got > 0 {
-        Action::requeue(Duration::from_millis(10))
-    } else {
-        Action::requeue(Duration::from_secs(2))
-    })
+    match step {
+        ClaimStep::Completed { .. } => completed(claims, claim, step).await,
+        ClaimStep::Claim(_) if got > 0 => Ok(Action::requeue(Duration::from_millis(10))),
+        ClaimStep::Claim(_) => Ok(Action::requeue(Duration::from_secs(2))),
+    }
 }

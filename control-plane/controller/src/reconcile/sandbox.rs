@@ -106,13 +106,16 @@ async fn init_runtime(ctx: &Context, sbx: &Sandbox) -> Result<()> {
         .map_err(|e| Error::RuntimeInit(e.to_string()))
 }
 
-/// Brings the pod's metadata and images to the current template (in-place update).
+/// Brings the pod's metadata, images and resources to the current template (in-place
+/// update). `Ok(true)` when an image or resources changed (the update then has to finish on the
+/// node); a metadata-only change is done with the patch (upstream: "patched directly without
+/// touching conditions").
 async fn inplace_update(
     pods: &Api<Pod>,
     pod: &Pod,
     template: &PodTemplateSpec,
     revision: &str,
-) -> Result<()> {
+) -> Result<bool> {
     let tmeta = template.metadata.clone().unwrap_or_default();
     let mut labels = serde_json::Map::new();
     for (k, v) in tmeta.labels.unwrap_or_default() {
@@ -178,6 +181,7 @@ async fn inplace_update(
             Err(e) => return Err(e.into()),
         }
     }
+    let spec_changed = !containers.is_empty() || !resized.is_empty();
     let mut patch = json!({"metadata": {"labels": labels, "annotations": annotations}});
     if !containers.is_empty() {
         patch["spec"] = json!({"containers": containers});
@@ -188,7 +192,7 @@ async fn inplace_update(
         &Patch::Strategic(patch),
     )
     .await?;
-    Ok(())
+    Ok(spec_changed)
 }
 
 /// The sandbox's pod: from the pod watch's store when it has it (no request), else read from the
@@ -403,17 +407,19 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
     if plan.inplace_update
         && let (Some(p), Some(t)) = (&pod, &template)
     {
-        inplace_update(&pods, p, t, &revision).await?;
-        // Finished once the pod runs the new image and is ready again (the planner's
-        // `finish_in_place`): a claim that changed the image waits for that.
-        conditions::set(
-            &mut status.conditions,
-            cond::INPLACE_UPDATE,
-            false,
-            cond::REASON_INPLACE_UPDATING,
-            "",
-            now,
-        );
+        // An image or resource change finishes once the pod runs the new image and is ready
+        // again (the planner's `finish_in_place`): a claim that changed the image waits for
+        // that. A metadata-only change (a SandboxClaim's owner labels) is done.
+        if inplace_update(&pods, p, t, &revision).await? {
+            conditions::set(
+                &mut status.conditions,
+                cond::INPLACE_UPDATE,
+                false,
+                cond::REASON_INPLACE_UPDATING,
+                "",
+                now,
+            );
+        }
     }
 
     if plan.init_runtime {
