@@ -46,7 +46,7 @@ EXTRA_TEST_TARGETS += test-manager-e2e
 # The Kubernetes stack (scripts/run-kube.sh): everything it starts, built.
 build-kube-stack:
 	$(CARGO) build --locked -p sandbox-manager -p agent-runtime -p sandbox-gateway-filter \
-		-p sandbox-controller -p sandbox-xds
+		-p sandbox-controller -p sandbox-xds -p sandbox-storage
 	$(CARGO) build --locked -p kube-harness --bins
 
 run-kube: venv kube-bins build-kube-stack
@@ -64,7 +64,7 @@ EXTRA_TEST_TARGETS += test-manager-kube
 BENCH_CLAIM_ARGS ?=
 bench-claim: venv kube-bins
 	$(CARGO) build --locked --release -p sandbox-manager -p agent-runtime -p sandbox-gateway-filter \
-		-p sandbox-controller -p sandbox-xds
+		-p sandbox-controller -p sandbox-xds -p sandbox-storage
 	$(CARGO) build --locked --release -p kube-harness --bins
 	SANDBOX_MANAGER_BIN=$(CARGO_TARGET_DIR)/release/sandbox-manager \
 	AGENT_RUNTIME_BIN=$(CARGO_TARGET_DIR)/release/agent-runtime \

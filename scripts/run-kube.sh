@@ -11,6 +11,7 @@
 #   API_PORT (3100; replica i listens on API_PORT_<i>, default API_PORT+i) GATEWAY_PORT (10100) XDS_PORT (18100)
 #   XDS_HTTP_PORT (18101) ENVOY_ADMIN_PORT (9911) RUN_DIR (.run/kube) POOL_SIZE (2)
 #   MANAGER_REPLICAS (1) IP_RANGE (127.3.0.0/16) MANAGER_ARGS (extra sandbox-manager flags)
+#   STORAGE_CLI_BIN (default: sandbox-runtime-storage beside AGENT_RUNTIME_BIN)
 # Binaries (set by make): SANDBOX_MANAGER_BIN SANDBOX_CONTROLLER_BIN SANDBOX_XDS_BIN
 #   AGENT_RUNTIME_BIN SANDBOX_GATEWAY_MODULE ENVOY_BIN KUBE_CLUSTER_BIN KUBECTL_BIN and the
 #   cluster's (KUBE_APISERVER_BIN, ETCD_BIN, ...; make kube-bins).
@@ -63,7 +64,11 @@ alive() {
 
 # 1. The cluster and the node simulator (pods: agent-runtime on their own loopback address, its
 # work directory standing in for the container's home, as in the image).
-"$KUBE_CLUSTER_BIN" --node-sim --checkpoints --ip-range "${IP_RANGE:-127.3.0.0/16}" \
+# The node also serves a CSI driver (a directory plugin: PersistentVolumes of it name a
+# directory of this machine in volumeAttributes.path) for dynamic mounts.
+csi_driver=hostdir.csi.kruise-agents.test
+storage_cli_bin=${STORAGE_CLI_BIN:-$(dirname "$AGENT_RUNTIME_BIN")/sandbox-runtime-storage}
+"$KUBE_CLUSTER_BIN" --node-sim --checkpoints --csi-driver "$csi_driver" --ip-range "${IP_RANGE:-127.3.0.0/16}" \
     --command "env HOME={workdir} $AGENT_RUNTIME_BIN --listen {ip}:{port} --default-workdir {workdir}" \
     --env-file "$run_dir/cluster.env" >"$run_dir/cluster.log" 2>&1 &
 pids+=($!)
@@ -75,6 +80,17 @@ done
 [ -s "$run_dir/cluster.env" ] || { log "the cluster did not start within 2 minutes"; exit 1; }
 KUBECONFIG=$(sed -n 's/^KUBECONFIG=//p' "$run_dir/cluster.env")
 export KUBECONFIG
+# The mount CLI as the managers run it in a sandbox: pointed at the simulated node's CSI sockets
+# and mount root (a real sandbox image has the default layout; the runtime starts commands with
+# a clean environment, so the wrapper sets them).
+storage_cli="$run_dir/sandbox-runtime-storage"
+{
+    echo '#!/bin/sh'
+    echo "SANDBOX_STORAGE_SOCKET_DIR='$(sed -n 's/^NODE_SIM_CSI_SOCKET_DIR=//p' "$run_dir/cluster.env")' \\"
+    echo "SANDBOX_STORAGE_MOUNT_ROOT='$(sed -n 's/^NODE_SIM_CSI_MOUNT_ROOT=//p' "$run_dir/cluster.env")' \\"
+    echo "    exec '$storage_cli_bin' \"\$@\""
+} >"$storage_cli"
+chmod +x "$storage_cli"
 kubectl() { "$KUBECTL_BIN" --kubeconfig "$KUBECONFIG" "$@"; }
 
 # 2. CRDs, the system namespace and the template.
@@ -155,7 +171,8 @@ for ((i = 0; i < replicas; i++)); do
     # shellcheck disable=SC2086
     supervise "$SANDBOX_MANAGER_BIN" --backend kube --listen "127.0.0.1:$(port_of "$i")" \
         --data-dir "$run_dir/manager-$i" --admin-api-key "$key" \
-        --xds-address "http://127.0.0.1:$xds_port" --min-gateways 1 ${MANAGER_ARGS:-} \
+        --xds-address "http://127.0.0.1:$xds_port" --min-gateways 1 \
+        --storage-drivers "$csi_driver" --storage-cli "$storage_cli" ${MANAGER_ARGS:-} \
         >>"$run_dir/manager-$i.log" 2>&1 &
     pids+=($!)
 done

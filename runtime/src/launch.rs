@@ -13,17 +13,30 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Copies the running executable to `dir/agent-runtime` (mode 0755), through a temporary name so
-/// a concurrent reader never sees half a binary.
+/// The dynamic-mount CLI, installed beside the daemon when the image has it next to it
+/// (`/mnt/envd/sandbox-runtime-storage`, which the control plane runs for CSI mounts).
+pub const STORAGE_CLI: &str = "sandbox-runtime-storage";
+
+/// Copies the running executable to `dir/agent-runtime` (mode 0755), and the storage CLI beside
+/// it when there is one, each through a temporary name so a concurrent reader never sees half a
+/// binary.
 pub fn install(dir: &Path) -> io::Result<PathBuf> {
     fs::create_dir_all(dir)?;
     let exe = std::env::current_exe()?;
     let dest = dir.join("agent-runtime");
-    let tmp = dir.join(".agent-runtime.tmp");
-    fs::copy(&exe, &tmp)?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
-    fs::rename(&tmp, &dest)?;
+    copy_executable(&exe, &dest)?;
+    if let Some(cli) = exe.parent().map(|d| d.join(STORAGE_CLI)).filter(|p| p.is_file()) {
+        copy_executable(&cli, &dir.join(STORAGE_CLI))?;
+    }
     Ok(dest)
+}
+
+fn copy_executable(from: &Path, to: &Path) -> io::Result<()> {
+    let name = to.file_name().and_then(|n| n.to_str()).unwrap_or("binary");
+    let tmp = to.with_file_name(format!(".{name}.tmp"));
+    fs::copy(from, &tmp)?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))?;
+    fs::rename(&tmp, to)
 }
 
 /// Starts this executable again as the daemon with `args` (the flags given before `start`),

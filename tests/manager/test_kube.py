@@ -375,3 +375,138 @@ def test_snapshots_are_checkpoints_and_clones_restore_from_them(stack, kill_afte
     status, body, _ = stack.request("POST", f"/sandboxes/{src.sandbox_id}/snapshots", {})
     assert status == 409, body
     assert "resume" in body["message"], body
+
+
+# --- Dynamic CSI mounts (the csi-* metadata keys and volumeMounts) ---
+
+# The CSI driver the node simulator serves (run-kube.sh passes it to the cluster and the
+# managers): its volumes are directories of this machine (volumeAttributes.path), published by a
+# real CSI NodePublishVolume call from `sandbox-runtime-storage` inside the sandbox.
+CSI_DRIVER = "hostdir.csi.kruise-agents.test"
+
+
+@pytest.fixture
+def persistent_volumes():
+    """make(name, path=None, driver=..., secret_ns=None, csi=True): a PersistentVolume, deleted
+    when the test ends."""
+    made: list[str] = []
+
+    def make(name: str, path=None, driver: str = CSI_DRIVER, secret_ns: str | None = None, csi: bool = True):
+        spec = {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                "persistentVolumeReclaimPolicy": "Retain"}
+        if csi:
+            spec["csi"] = {"driver": driver, "volumeHandle": name, "volumeAttributes": {"path": str(path)}}
+            if secret_ns is not None:
+                spec["csi"]["nodePublishSecretRef"] = {"name": "csi-creds", "namespace": secret_ns}
+        else:
+            spec["hostPath"] = {"path": str(path)}
+        kubectl("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "PersistentVolume",
+                                                       "metadata": {"name": name}, "spec": spec}))
+        made.append(name)
+        return name
+
+    yield make
+    for name in made:
+        subprocess.run([os.environ["KUBECTL_BIN"], "delete", "pv", name, "--wait=false"], capture_output=True)
+
+
+def create_raw(stack, body: dict) -> tuple[int, object]:
+    status, out, _ = stack.request("POST", "/v2/sandboxes", {"templateID": "base", "timeout": 300, **body})
+    return status, out
+
+
+def test_csi_keys_and_volume_mounts_mount_a_persistent_volume(stack, kill_after, persistent_volumes, tmp_path):
+    """csi-volume-name + csi-mount-point, csi-volume-config (with a subPath) and the body's
+    volumeMounts each mount the PersistentVolume's directory at the requested path of the sandbox:
+    what is in the volume is readable there, what the sandbox writes lands in the volume, and the
+    Sandbox CR records the mounts (csi-volume-config annotation) for the controller."""
+    share = tmp_path / "share"
+    (share / "team").mkdir(parents=True)
+    (share / "hello.txt").write_text("from the volume\n")
+    (share / "team" / "t.txt").write_text("team only\n")
+    pv = persistent_volumes(f"pv-share-{os.getpid()}", share)
+
+    # The sandbox is a process of this machine (node simulator): its paths are this machine's.
+    first = tmp_path / "sbx1" / "data"
+    sbx = Sandbox.create(timeout=300, metadata={EXT + "csi-volume-name": pv, EXT + "csi-mount-point": str(first)})
+    kill_after.append(sbx)
+    assert sbx.files.read(f"{first}/hello.txt") == "from the volume\n"
+    sbx.files.write(f"{first}/from-sandbox.txt", "written in the sandbox")
+    assert (share / "from-sandbox.txt").read_text() == "written in the sandbox"
+    assert sbx.commands.run(f"cat {first}/team/t.txt").stdout == "team only\n"
+    [cr] = [c for c in claimed_crs() if sandbox_id_of(c) == sbx.sandbox_id]
+    recorded = json.loads(cr["metadata"]["annotations"][EXT + "csi-volume-config"])
+    assert recorded == [{"pvName": pv, "mountPath": str(first)}], recorded
+
+    second = tmp_path / "sbx2" / "team"
+    config = [{"pvName": pv, "mountPath": str(second), "subPath": "team"}]
+    status, body = create_raw(stack, {"metadata": {EXT + "csi-volume-config": json.dumps(config)}})
+    assert status == 201, body
+    kill_after.append(body["sandboxID"])
+    other = Sandbox.connect(body["sandboxID"])
+    assert other.files.read(f"{second}/t.txt") == "team only\n"
+    assert not other.files.exists(f"{second}/hello.txt"), "a subPath mounts only that directory"
+
+    third = tmp_path / "sbx3" / "vol"
+    status, body = create_raw(stack, {"volumeMounts": [{"name": pv, "path": str(third)}]})
+    assert status == 201, body
+    kill_after.append(body["sandboxID"])
+    assert Sandbox.connect(body["sandboxID"]).commands.run(f"cat {third}/from-sandbox.txt").stdout == "written in the sandbox"
+
+
+def test_bad_mounts_are_400s_and_take_no_sandbox(stack, persistent_volumes, tmp_path):
+    """Every mount is resolved before the claim: an unknown PersistentVolume, one without CSI, a
+    driver this manager does not allow, a node-publish secret outside the system namespace, a bad
+    mount point, half of the key pair, a mount without runtime init — each a 400 saying what is
+    wrong, and no sandbox taken."""
+    tmp_path.joinpath("v").mkdir()
+    no_csi = persistent_volumes(f"pv-hostpath-{os.getpid()}", tmp_path / "v", csi=False)
+    other = persistent_volumes(f"pv-other-{os.getpid()}", tmp_path / "v", driver="nas.csi.example.com")
+    foreign = persistent_volumes(f"pv-foreign-{os.getpid()}", tmp_path / "v", secret_ns="default")
+    good = persistent_volumes(f"pv-good-{os.getpid()}", tmp_path / "v")
+    before = len(claimed_crs())
+    pair = lambda pv, at: {EXT + "csi-volume-name": pv, EXT + "csi-mount-point": at}  # noqa: E731
+    cases = [
+        ({"metadata": pair("no-such-pv", "/mnt/x")}, "failed to get persistent volume object by name: no-such-pv"),
+        ({"metadata": pair(no_csi, "/mnt/x")}, f"no found csi object in persistent volume by name: {no_csi}"),
+        ({"metadata": pair(other, "/mnt/x")}, "driver nas.csi.example.com is not supported in current environment"),
+        ({"metadata": pair(foreign, "/mnt/x")}, "invalid node publish secret ref namespace: default, expected: sandbox-system"),
+        ({"metadata": pair(good, "mnt/x")}, "invalid containerMountPoint [mnt/x]"),
+        ({"metadata": pair(good, "/mnt/../etc")}, "invalid '..' path element"),
+        ({"metadata": {EXT + "csi-volume-name": good}}, "must exist together or not at all"),
+        ({"metadata": {EXT + "csi-volume-config": "[{"}}, "invalid multiCsiMountConfig"),
+        ({"metadata": {**pair(good, "/mnt/x"), EXT + "skip-init-runtime": "true"}},
+         "init runtime is required when csi mount is specified"),
+        ({"volumeMounts": [{"name": good, "path": "/a"}, {"name": good, "path": "/a"}]}, "is duplicated"),
+        ({"volumeMounts": [{"name": "", "path": "/a"}]}, "volumeMounts[0].name cannot be empty"),
+        ({"volumeMounts": "nope"}, ""),
+    ]
+    for body, want in cases:
+        status, out = create_raw(stack, body)
+        assert status == 400 and want in str(out), (body, status, out)
+    assert len(claimed_crs()) == before
+
+
+def test_a_mount_that_fails_in_the_sandbox_is_a_500_and_frees_nothing_twice(stack, persistent_volumes, tmp_path):
+    """A mount the sandbox cannot do (the volume's directory is missing, so the node plugin
+    refuses; or a path the in-sandbox CLI refuses, like /usr/bin/x) fails the create with a 500
+    that says why, and the taken sandbox is deleted (upstream's clearFailedSandbox), not left
+    claimed."""
+    missing = persistent_volumes(f"pv-missing-{os.getpid()}", tmp_path / "not-there")
+    good_dir = tmp_path / "ok"
+    good_dir.mkdir()
+    good = persistent_volumes(f"pv-ok-{os.getpid()}", good_dir)
+    before = {c["metadata"]["name"] for c in claimed_crs()}
+    for metadata, want in (
+        ({EXT + "csi-volume-name": missing, EXT + "csi-mount-point": str(tmp_path / "m1")}, "is not an existing directory"),
+        ({EXT + "csi-volume-name": good, EXT + "csi-mount-point": "/usr/bin/x"}, "unsafe mount path"),
+    ):
+        status, out = create_raw(stack, {"metadata": metadata})
+        assert status == 500 and "failed to perform csi mount" in str(out) and want in str(out), (status, out)
+
+    def none_left():
+        live = [c for c in claimed_crs() if c["metadata"]["name"] not in before
+                and not c["metadata"].get("deletionTimestamp")]
+        return not live
+
+    wait_until(none_left, timeout=60, interval=0.2, what="the failed sandboxes deleted")

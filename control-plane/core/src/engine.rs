@@ -56,6 +56,7 @@ pub struct ClaimTimings {
     pub take: Duration,
     pub wait_ready: Duration,
     pub init: Duration,
+    pub mount: Duration,
     pub route: Duration,
 }
 
@@ -67,6 +68,7 @@ impl ClaimTimings {
             ("take", self.take),
             ("wait_ready", self.wait_ready),
             ("init", self.init),
+            ("mount", self.mount),
             ("route", self.route),
         ]
         .into_iter()
@@ -78,6 +80,7 @@ impl ClaimTimings {
         self.take += o.take;
         self.wait_ready += o.wait_ready;
         self.init += o.init;
+        self.mount += o.mount;
         self.route += o.route;
     }
 }
@@ -103,6 +106,7 @@ pub struct Claimed<S> {
 pub enum Stage {
     WaitReady,
     Init,
+    Mount,
     Route,
 }
 
@@ -111,6 +115,7 @@ impl Stage {
         match self {
             Stage::WaitReady => "wait_ready",
             Stage::Init => "init",
+            Stage::Mount => "mount",
             Stage::Route => "route",
         }
     }
@@ -152,11 +157,12 @@ pub enum ClaimError<S, E> {
 
 impl<S, E> ClaimError<S, E> {
     /// Whether another attempt may succeed: no stock, a denied create, and a sandbox that never
-    /// got ready or whose runtime refused `/init` (another one may do).
+    /// got ready or whose runtime refused `/init` (another one may do). A failed volume mount
+    /// is not retried (upstream): the next sandbox would mount the same volume the same way.
     pub fn is_retriable(&self) -> bool {
         match self {
             ClaimError::NoStock | ClaimError::RateLimited => true,
-            ClaimError::Failed { stage, .. } => *stage != Stage::Route,
+            ClaimError::Failed { stage, .. } => matches!(stage, Stage::WaitReady | Stage::Init),
             ClaimError::Store(_) => false,
         }
     }
@@ -444,6 +450,13 @@ impl ClaimEngine {
                 let why = format!("runtime init failed ({e})");
                 return Err(fail(store, sandbox, Stage::Init, why, opts).await);
             }
+        }
+        let started = Instant::now();
+        let mounted = store.mount(&sandbox).await;
+        tally.timings.mount += started.elapsed();
+        if let Err(e) = mounted {
+            let why = format!("failed to perform csi mount: {e}");
+            return Err(fail(store, sandbox, Stage::Mount, why, opts).await);
         }
         let started = Instant::now();
         let routed = store.route(&sandbox).await;

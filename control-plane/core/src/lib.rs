@@ -12,7 +12,8 @@
 //! 3. **wait-ready** — a created sandbox is waited for, at most `wait_ready_timeout`, until its
 //!    [`Readiness`] verdict is ready (or can never be);
 //! 4. **init** — `POST /init` to the runtime ([`RuntimeInit`], [`HttpRuntimeInit`]);
-//! 5. **route** — [`SandboxStore::route`], for adapters that must see the sandbox routable.
+//! 5. **mount** — [`SandboxStore::mount`], the claim's volumes (the manager's CSI mounts);
+//! 6. **route** — [`SandboxStore::route`], for adapters that must see the sandbox routable.
 //!
 //! A sandbox that fails after it was taken is reserved or deleted and never counted; the claim
 //! may try again ([`ClaimEngine::claim`], with backoff per [`RetryPolicy`]). Worker slots bound

@@ -90,6 +90,12 @@ pub trait SandboxStore: Send + Sync {
     /// Deletes a sandbox that failed after the take (already gone is success).
     async fn delete(&self, sandbox: &Self::Sandbox) -> Result<(), Self::Error>;
 
+    /// Mounts the claim's volumes into the initialised sandbox (the manager's CSI mounts);
+    /// nothing by default. The error says why, for the person who asked.
+    async fn mount(&self, _sandbox: &Self::Sandbox) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Makes the claimed sandbox reachable before the claim returns (the manager waits until
     /// the gateways route to it); nothing by default.
     async fn route(&self, _sandbox: &Self::Sandbox) -> Result<(), Self::Error> {

@@ -89,6 +89,8 @@ struct FakeStore {
     created_readiness: ReadinessFacts,
     takes_running: AtomicUsize,
     most_takes_at_once: AtomicUsize,
+    /// What the mount stage answers (`None`: mounted).
+    mount_error: Option<String>,
 }
 
 impl FakeStore {
@@ -229,6 +231,10 @@ impl SandboxStore for FakeStore {
         w.sandboxes.remove(&s.name);
         w.deleted.push(s.name.clone());
         Ok(())
+    }
+
+    async fn mount(&self, _s: &Sbx) -> Result<(), String> {
+        self.mount_error.clone().map_or(Ok(()), Err)
     }
 }
 
@@ -430,6 +436,39 @@ async fn a_sandbox_whose_runtime_refuses_init_is_reserved_or_deleted() {
         let r = e.attempt(&store, &candidates(&store, 0), &o).await;
         assert_eq!(r.outcome.unwrap().sandbox.name, "s001");
     }
+}
+
+#[tokio::test]
+async fn a_failed_mount_clears_the_sandbox_and_is_not_retried() {
+    let mut store = FakeStore::with_pool(2);
+    store.mount_error = Some("/data: command failed: [1] no such volume".into());
+    let rt = Arc::new(FakeRuntime::default());
+    let e = engine(rt.clone(), 10, None);
+    let r = e
+        .claim(
+            &store,
+            &opts(),
+            &RetryPolicy::upstream(Some(Duration::from_secs(30))),
+        )
+        .await;
+    assert_eq!(r.attempts, 1, "a mount failure is not retried");
+    let Err(ClaimError::Failed {
+        stage,
+        why,
+        cleanup,
+        ..
+    }) = &r.outcome
+    else {
+        panic!("{:?}", r.outcome)
+    };
+    assert_eq!(*stage, Stage::Mount);
+    assert_eq!(
+        why,
+        "failed to perform csi mount: /data: command failed: [1] no such volume"
+    );
+    assert_eq!(cleanup.as_ref().unwrap(), &Disposition::Deleted);
+    assert_eq!(store.world().deleted.len(), 1);
+    assert_eq!(rt.calls.lock().unwrap().len(), 1, "mounted after /init");
 }
 
 #[tokio::test(start_paused = true)]

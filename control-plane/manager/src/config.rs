@@ -126,6 +126,18 @@ pub struct Args {
     /// kube: how long pause and resume wait for the controller, seconds.
     #[arg(long, env = "SANDBOX_MANAGER_LIFECYCLE_TIMEOUT", default_value_t = 60)]
     pub lifecycle_timeout: u64,
+    /// kube: CSI drivers whose PersistentVolumes may be mounted into running sandboxes
+    /// (comma-separated; upstream's DYNAMIC_STORAGE_DRIVER_LIST). Empty: no dynamic mounts.
+    #[arg(
+        long,
+        env = "DYNAMIC_STORAGE_DRIVER_LIST",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub storage_drivers: Vec<String>,
+    /// kube: the mount CLI inside sandboxes (run as root through envd).
+    #[arg(long, env = "SANDBOX_MANAGER_STORAGE_CLI", default_value = sandbox_storage::CLI_PATH)]
+    pub storage_cli: String,
 
     /// Embedded sandbox-xds (local backend): gRPC address the gateways (ADS) connect to.
     #[arg(

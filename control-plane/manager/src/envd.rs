@@ -305,11 +305,21 @@ pub fn text(bytes: &[u8], cut: bool) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
+/// The program a command runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Program<'a> {
+    /// A bash command line (`bash -l -c`), as the SDK's `commands.run`.
+    Shell(&'a str),
+    /// A program and its arguments, no shell.
+    Exec(&'a str, &'a [String]),
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct CommandSpec<'a> {
-    /// A bash command line (`bash -l -c`), as the SDK's `commands.run`.
-    pub command: &'a str,
+    pub program: Program<'a>,
+    /// The account it runs as (`Authorization: Basic <user>:`); `None`: the runtime's default.
+    pub user: Option<&'a str>,
     pub cwd: Option<&'a str>,
     pub envs: &'a BTreeMap<String, String>,
     /// envd kills the command when this passes.
@@ -518,16 +528,16 @@ impl EnvdClient {
             })
     }
 
-    /// Runs `bash -l -c <command>` to completion (or its deadline) and collects its output.
+    /// Runs the command to completion (or its deadline) and collects its output.
     pub async fn run(
         &self,
         target: &Target,
         spec: &CommandSpec<'_>,
     ) -> Result<CommandResult, EnvdError> {
-        let mut process = json!({
-            "cmd": "/bin/bash",
-            "args": ["-l", "-c", spec.command],
-        });
+        let mut process = match spec.program {
+            Program::Shell(line) => json!({"cmd": "/bin/bash", "args": ["-l", "-c", line]}),
+            Program::Exec(cmd, args) => json!({"cmd": cmd, "args": args}),
+        };
         if !spec.envs.is_empty() {
             process["envs"] = json!(spec.envs);
         }
@@ -548,6 +558,16 @@ impl EnvdClient {
             .header("connect-content-encoding", "identity")
             .header("connect-timeout-ms", ms)
             .header("keepalive-ping-interval", "30");
+        let req = match spec.user {
+            Some(user) => req.header(
+                http::header::AUTHORIZATION,
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:"))
+                ),
+            ),
+            None => req,
+        };
         let body = envelope(0, msg.as_bytes());
         let bound = spec.timeout + STREAM_GRACE;
         let mut result = CommandResult {

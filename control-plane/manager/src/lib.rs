@@ -21,5 +21,6 @@ pub mod local;
 pub mod mcp;
 pub mod metrics;
 pub mod model;
+pub mod mounts;
 pub mod store;
 pub mod sys;

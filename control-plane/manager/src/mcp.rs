@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::models::NewSandbox;
 use crate::api::sandboxes::{DEFAULT_TIMEOUT_SECS, create_spec};
 use crate::api::{AppCtx, authenticate};
-use crate::envd::{self, CommandSpec, EnvdClient, EnvdError, Target};
+use crate::envd::{self, CommandSpec, EnvdClient, EnvdError, Program, Target};
 use crate::model::{BackendError, Caller, SandboxId, SandboxState};
 
 /// Where the endpoint is mounted.
@@ -590,7 +590,8 @@ impl SandboxTools {
         }
         let target = self.target(&caller, &args.sandbox_id).await?;
         let spec = CommandSpec {
-            command: &args.command,
+            program: Program::Shell(&args.command),
+            user: None,
             cwd: args.cwd.as_deref(),
             envs: &envs,
             timeout: Duration::from_secs(secs),

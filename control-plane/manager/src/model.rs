@@ -164,6 +164,8 @@ pub struct CreateSpec {
     pub allow_internet_access: Option<bool>,
     pub network: Option<serde_json::Value>,
     pub extensions: Extensions,
+    /// Volumes to mount into the sandbox (kube backend only), validated.
+    pub mounts: Vec<sandbox_api::types::CsiMountConfig>,
 }
 
 /// A sandbox as every backend reports it.

@@ -80,6 +80,8 @@ pub(crate) fn create_spec(ctx: &AppCtx, caller: Caller, new: NewSandbox) -> ApiR
             )));
         }
     }
+    let mounts = crate::mounts::requested(new.volume_mounts.as_deref(), &parsed.extensions.kube)
+        .map_err(ApiError::bad_request)?;
     if !caps.egress_rules && (new.allow_internet_access == Some(false) || new.network.is_some()) {
         tracing::warn!(
             backend = ctx.backend.name(),
@@ -115,6 +117,7 @@ pub(crate) fn create_spec(ctx: &AppCtx, caller: Caller, new: NewSandbox) -> ApiR
         allow_internet_access: new.allow_internet_access,
         network: new.network,
         extensions: parsed.extensions,
+        mounts,
     })
 }
 

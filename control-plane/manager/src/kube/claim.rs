@@ -70,6 +70,13 @@ impl Source {
     }
 }
 
+/// The volumes a create mounts after `/init` (`csi.rs`).
+pub struct Mounts<'a> {
+    pub envd: &'a crate::envd::EnvdClient,
+    pub cli: &'a str,
+    pub resolved: &'a [super::csi::ResolvedMount],
+}
+
 /// The store of one create.
 pub struct ManagerStore<'a> {
     pub index: &'a Index,
@@ -78,6 +85,7 @@ pub struct ManagerStore<'a> {
     pub marks: &'a Marks,
     pub sandbox_id: &'a str,
     pub routes: &'a RouteWaiter,
+    pub mounts: Mounts<'a>,
 }
 
 impl ManagerStore<'_> {
@@ -200,6 +208,20 @@ impl SandboxStore for ManagerStore<'_> {
             Err(e) if !is_status(&e, 404) => Err(e.into()),
             _ => Ok(()),
         }
+    }
+
+    /// The create's CSI mounts, through the sandbox's envd.
+    async fn mount(&self, sandbox: &Arc<Sandbox>) -> Result<(), String> {
+        if self.mounts.resolved.is_empty() {
+            return Ok(());
+        }
+        super::csi::mount_all(
+            self.mounts.envd,
+            self.mounts.cli,
+            sandbox,
+            self.mounts.resolved,
+        )
+        .await
     }
 
     /// Every gateway routes the sandbox at the version the claim left it at.

@@ -8,6 +8,7 @@
 //! guarded take hands a sandbox to one of them only.
 
 mod claim;
+pub mod csi;
 mod index;
 pub mod keys;
 mod lifecycle;
@@ -69,6 +70,8 @@ pub struct KubeConfig {
     pub create_qps: f64,
     /// How long pause and resume wait for the controller.
     pub lifecycle_wait: Duration,
+    /// Dynamic CSI mounts: allowed drivers, the in-sandbox CLI, the secrets' namespace.
+    pub storage: csi::StorageConfig,
 }
 
 /// Sandboxes as Sandbox CRs.
@@ -80,6 +83,8 @@ pub struct KubeBackend {
     cfg: KubeConfig,
     metrics: Arc<Metrics>,
     http: RuntimeHttp,
+    /// envd client for the mount CLI.
+    envd: crate::envd::EnvdClient,
     snapshots: Snapshots,
     shutdown: CancellationToken,
 }
@@ -145,6 +150,7 @@ impl KubeBackend {
             cfg,
             metrics,
             http: RuntimeHttp::default(),
+            envd: crate::envd::EnvdClient::default(),
             shutdown,
         });
         backend.clone().spawn_gauges();
@@ -367,7 +373,11 @@ impl KubeBackend {
             }
         }
         /// What this backend carries out of the Kubernetes-only keys.
-        const SUPPORTED: [&str; 7] = [
+        const SUPPORTED: [&str; 11] = [
+            "csi-volume-name",
+            "csi-mount-point",
+            "csi-subpath",
+            "csi-volume-config",
             "reserve-failed-sandbox",
             "reserve-failed-sandbox-for",
             "image",
@@ -390,6 +400,20 @@ impl KubeBackend {
             ))),
             None => Ok(in_place),
         }
+    }
+
+    /// The create's volume mounts resolved against their PersistentVolumes (before anything is
+    /// taken: a bad mount is a 400). Mounting needs the runtime initialised.
+    async fn resolve_mounts(&self, spec: &CreateSpec) -> BackendResult<Vec<csi::ResolvedMount>> {
+        if spec.mounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        if spec.extensions.skip_init_runtime {
+            return Err(BackendError::BadRequest(
+                "init runtime is required when csi mount is specified".into(),
+            ));
+        }
+        csi::resolve(&self.client, &self.cfg.storage, &spec.mounts).await
     }
 
     /// The clone-only keys `sandbox-name` (a DNS-1123 label) and `sandbox-generate-name` (a
@@ -563,6 +587,7 @@ impl Backend for KubeBackend {
 
     async fn create(&self, spec: CreateSpec) -> BackendResult<SandboxRecord> {
         let in_place = Self::check_extensions(&spec)?;
+        let mounts = self.resolve_mounts(&spec).await?;
         let source = self.source(&spec).await?;
         let namespace = match &source {
             Source::Pool(set) => set.namespace(),
@@ -571,6 +596,12 @@ impl Backend for KubeBackend {
         let id = SandboxId::random();
         let mut marks = self.marks(&spec, &id);
         marks.in_place = in_place;
+        if !spec.mounts.is_empty() {
+            marks.annotations.insert(
+                ANNOTATION_CSI_VOLUME_CONFIG.into(),
+                serde_json::to_string(&spec.mounts).map_err(internal)?,
+            );
+        }
         let mut options = self.claim_options(&spec);
         // A clone is always made (and waited for); there is no pool of them.
         options.create_on_no_stock |= matches!(source, Source::Snapshot(_));
@@ -581,6 +612,11 @@ impl Backend for KubeBackend {
             marks: &marks,
             sandbox_id: id.as_str(),
             routes: &self.routes,
+            mounts: claim::Mounts {
+                envd: &self.envd,
+                cli: &self.cfg.storage.cli,
+                resolved: &mounts,
+            },
         };
         let timeout = spec
             .extensions

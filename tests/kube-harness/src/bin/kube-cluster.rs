@@ -39,6 +39,11 @@ struct Args {
     /// `agents.kruise.io/restore-from` from such a copy.
     #[arg(long)]
     checkpoints: bool,
+    /// A CSI driver name the simulated node serves (repeatable): PersistentVolumes of it
+    /// (`spec.csi.volumeAttributes.path` = a directory of this machine) can be mounted into
+    /// running sandboxes (`sandbox-runtime-storage`).
+    #[arg(long = "csi-driver")]
+    csi_drivers: Vec<String>,
     /// Do not start kube-controller-manager (no garbage collection, namespaces never finish
     /// deleting).
     #[arg(long)]
@@ -83,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
             command,
             images: args.images.clone(),
             checkpoints: args.checkpoints,
+            csi_drivers: args.csi_drivers.clone(),
             ..Default::default()
         };
         Some(
@@ -112,6 +118,14 @@ async fn main() -> anyhow::Result<()> {
             sim.node_name(),
             sim.ip_range()
         ));
+        if !args.csi_drivers.is_empty() {
+            let (sockets, mount_root) = kube_harness::nodesim::csi::dirs(sim.work_root());
+            env.push_str(&format!(
+                "NODE_SIM_CSI_SOCKET_DIR={}\nNODE_SIM_CSI_MOUNT_ROOT={}\n",
+                sockets.display(),
+                mount_root.display()
+            ));
+        }
     }
     if let Some(path) = &args.env_file {
         std::fs::write(path, &env).with_context(|| format!("write {}", path.display()))?;

@@ -14,6 +14,7 @@
 
 pub mod checkpoints;
 mod container;
+pub mod csi;
 mod ippool;
 mod services;
 pub mod status;
@@ -83,6 +84,9 @@ pub struct NodeSimConfig {
     /// Act as the checkpoint controller (`checkpoints.rs`): fulfil Checkpoint CRs of the pods
     /// this node runs, and start pods annotated `agents.kruise.io/restore-from` from them.
     pub checkpoints: bool,
+    /// CSI drivers this node serves with its directory plugin (`csi.rs`): dynamic mounts of
+    /// PersistentVolumes of these drivers work in its pods.
+    pub csi_drivers: Vec<String>,
 }
 
 impl Default for NodeSimConfig {
@@ -108,6 +112,7 @@ impl Default for NodeSimConfig {
             work_root: None,
             images: Vec::new(),
             checkpoints: false,
+            csi_drivers: Vec::new(),
         }
     }
 }
@@ -301,6 +306,9 @@ impl NodeSimulator {
                         });
                         if shared.cfg.checkpoints {
                             tokio::spawn(checkpoints::run(shared.clone()));
+                        }
+                        for driver in &shared.cfg.csi_drivers {
+                            tokio::spawn(csi::serve(shared.root.clone(), driver.clone()));
                         }
                         run(shared, ready_tx, shutdown_rx).await;
                     });

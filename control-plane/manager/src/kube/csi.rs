@@ -1,0 +1,271 @@
+//! Dynamic CSI mounts on the kube backend (upstream's dynamic-csi-mount): before the claim,
+//! every requested mount is resolved against its PersistentVolume (its CSI driver must be one
+//! this manager allows; its node-publish secret must live in the system namespace) into a CSI
+//! `NodePublishVolumeRequest`, so a bad request is a 400 and takes no sandbox; the take records
+//! the mounts in annotation `e2b.agents.kruise.io/csi-volume-config`; after `/init` the claim
+//! engine's mount stage runs `sandbox-runtime-storage mount --driver <d> --config <request>` in
+//! the sandbox through envd as root (3 at a time, 30 s each). A failed mount fails the create
+//! (500 `failed to perform csi mount: …`) and the sandbox is deleted or reserved like any
+//! sandbox that failed after its take.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, Secret};
+use kube::{Api, Client};
+use sandbox_api::Sandbox;
+use sandbox_api::keys::ANNOTATION_RUNTIME_ACCESS_TOKEN;
+use sandbox_api::types::CsiMountConfig;
+use sandbox_storage::{
+    MOUNT_CONCURRENCY, MOUNT_TIMEOUT, MountTarget, NodePublishVolumeRequest, VolumeSource,
+    encode_request, publish_request,
+};
+
+use crate::envd::{CommandSpec, EnvdClient, Program, Target};
+use crate::model::{BackendError, BackendResult};
+
+use super::is_status;
+
+/// `volumeAttributes.authType` value whose secret is not read (an identity provider's).
+const AUTH_TYPE_AGENT_IDENTITY: &str = "agent-identity";
+
+/// What the backend needs for dynamic mounts.
+#[derive(Debug, Clone, Default)]
+pub struct StorageConfig {
+    /// Allowed CSI drivers (empty: none).
+    pub drivers: Vec<String>,
+    /// The mount CLI's path inside sandboxes.
+    pub cli: String,
+    /// Where node-publish secrets must be.
+    pub system_namespace: String,
+}
+
+impl StorageConfig {
+    pub fn new(drivers: &[String], cli: &str, system_namespace: &str) -> StorageConfig {
+        let mut seen: Vec<String> = Vec::new();
+        for d in drivers.iter().map(|d| d.trim()).filter(|d| !d.is_empty()) {
+            if !seen.iter().any(|s| s.eq_ignore_ascii_case(d)) {
+                seen.push(d.to_string());
+            }
+        }
+        StorageConfig {
+            drivers: seen,
+            cli: cli.to_string(),
+            system_namespace: system_namespace.to_string(),
+        }
+    }
+}
+
+/// One resolved mount: the driver and the request the CLI gets.
+#[derive(Debug, Clone)]
+pub struct ResolvedMount {
+    pub driver: String,
+    pub request: NodePublishVolumeRequest,
+}
+
+fn bad(msg: String) -> BackendError {
+    BackendError::BadRequest(msg)
+}
+
+/// Resolves every mount against its PersistentVolume (and secret); errors are 400s with
+/// upstream's wording.
+pub async fn resolve(
+    client: &Client,
+    cfg: &StorageConfig,
+    mounts: &[CsiMountConfig],
+) -> BackendResult<Vec<ResolvedMount>> {
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let mut out = Vec::with_capacity(mounts.len());
+    for m in mounts {
+        let pv = match pvs.get_opt(&m.pv_name).await {
+            Ok(Some(pv)) => pv,
+            Ok(None) => {
+                return Err(bad(format!(
+                    "failed to get persistent volume object by name: {}, err: not found",
+                    m.pv_name
+                )));
+            }
+            Err(e) => {
+                return Err(BackendError::Internal(format!(
+                    "failed to get persistent volume object by name: {}, err: {e}",
+                    m.pv_name
+                )));
+            }
+        };
+        let spec = pv.spec.unwrap_or_default();
+        let Some(csi) = spec.csi else {
+            return Err(bad(format!(
+                "no found csi object in persistent volume by name: {}",
+                m.pv_name
+            )));
+        };
+        if !cfg
+            .drivers
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(&csi.driver))
+        {
+            return Err(bad(format!(
+                "driver {} is not supported in current environment",
+                csi.driver
+            )));
+        }
+        let attributes: HashMap<String, String> = csi
+            .volume_attributes
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let secrets = match &csi.node_publish_secret_ref {
+            Some(r)
+                if attributes.get("authType").map(String::as_str)
+                    != Some(AUTH_TYPE_AGENT_IDENTITY) =>
+            {
+                let ns = r.namespace.as_deref().filter(|n| !n.is_empty());
+                let ns = ns.unwrap_or(&cfg.system_namespace);
+                if ns != cfg.system_namespace {
+                    return Err(bad(format!(
+                        "invalid node publish secret ref namespace: {ns}, expected: {}",
+                        cfg.system_namespace
+                    )));
+                }
+                let name = r.name.as_deref().unwrap_or_default();
+                let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+                let secret = secrets.get(name).await.map_err(|e| {
+                    let msg = format!("failed to get secret object: {ns}/{name}, err: {e}");
+                    if is_status(&e, 404) {
+                        bad(msg)
+                    } else {
+                        BackendError::Internal(msg)
+                    }
+                })?;
+                secret
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                    .collect()
+            }
+            _ => HashMap::new(),
+        };
+        let modes = spec.access_modes.unwrap_or_default();
+        let read_only_only = modes.iter().any(|a| a == "ReadOnlyMany")
+            && !modes.iter().any(|a| {
+                matches!(
+                    a.as_str(),
+                    "ReadWriteOnce" | "ReadWriteMany" | "ReadWriteOncePod"
+                )
+            });
+        let volume = VolumeSource {
+            pv_name: m.pv_name.clone(),
+            driver: csi.driver.clone(),
+            fs_type: csi.fs_type.unwrap_or_default(),
+            mount_options: spec.mount_options.unwrap_or_default(),
+            read_only_only,
+            volume_attributes: attributes,
+            secrets,
+        };
+        let target = MountTarget {
+            mount_path: m.mount_path.clone(),
+            sub_path: m.sub_path.clone(),
+            read_only: m.read_only.unwrap_or(false),
+        };
+        let request = publish_request(&volume, &target).map_err(bad)?;
+        out.push(ResolvedMount {
+            driver: csi.driver,
+            request,
+        });
+    }
+    Ok(out)
+}
+
+/// Runs the mounts in `sandbox` (through envd, as root); every mount runs, the errors are
+/// joined.
+pub async fn mount_all(
+    envd: &EnvdClient,
+    cli: &str,
+    sandbox: &Sandbox,
+    mounts: &[ResolvedMount],
+) -> Result<(), String> {
+    let info = sandbox.status.as_ref().and_then(|s| s.pod_info.as_ref());
+    let ip: IpAddr = info
+        .and_then(|p| p.pod_ip.as_deref())
+        .and_then(|ip| ip.parse().ok())
+        .ok_or("the sandbox has no pod IP")?;
+    let pod_uid = info.and_then(|p| p.pod_uid.clone()).unwrap_or_default();
+    let token = sandbox
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_RUNTIME_ACCESS_TOKEN))
+        .cloned();
+    let target = Target::new(ip, token);
+    let envs = std::collections::BTreeMap::from([("POD_UID".to_string(), pod_uid)]);
+    let slots = tokio::sync::Semaphore::new(MOUNT_CONCURRENCY);
+    let runs = mounts
+        .iter()
+        .map(|m| mount_one(envd, cli, &target, &envs, m, &slots));
+    let errors: Vec<String> = futures::future::join_all(runs)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+/// One mount; `Some(why)` when it failed.
+async fn mount_one(
+    envd: &EnvdClient,
+    cli: &str,
+    target: &Target,
+    envs: &std::collections::BTreeMap<String, String>,
+    m: &ResolvedMount,
+    slots: &tokio::sync::Semaphore,
+) -> Option<String> {
+    let _slot = slots.acquire().await.ok()?;
+    let args = vec![
+        "mount".to_string(),
+        "--driver".into(),
+        m.driver.clone(),
+        "--config".into(),
+        encode_request(&m.request),
+    ];
+    let spec = CommandSpec {
+        program: Program::Exec(cli, &args),
+        user: Some("root"),
+        cwd: None,
+        envs,
+        timeout: MOUNT_TIMEOUT,
+        output_limit: 16 << 10,
+    };
+    let path = &m.request.target_path;
+    match envd.run(target, &spec).await {
+        Err(e) => Some(format!("{path}: {e}")),
+        Ok(r) if r.timed_out => Some(format!("{path}: timed out after {MOUNT_TIMEOUT:?}")),
+        Ok(r) => match r.end.as_ref().map(|e| e.exit_code) {
+            Some(0) => None,
+            code => Some(format!(
+                "{path}: command failed: [{}] {}",
+                code.map_or("?".to_string(), |c| c.to_string()),
+                r.stderr.text().trim()
+            )),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drivers_are_trimmed_and_deduplicated() {
+        let c = StorageConfig::new(
+            &["a.csi".into(), " A.csi ".into(), "".into(), "b.csi".into()],
+            "/x",
+            "sys",
+        );
+        assert_eq!(c.drivers, ["a.csi", "b.csi"]);
+    }
+}
