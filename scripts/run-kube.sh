@@ -120,6 +120,7 @@ free() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 "$SANDBOX_CONTROLLER_BIN" --metrics-bind-address "127.0.0.1:$(free)" \
     --health-probe-bind-address "127.0.0.1:$(free)" --enable-webhooks false \
     --system-namespace sandbox-system --leader-elect-namespace sandbox-system \
+    --storage-drivers "$csi_driver" --storage-cli "$storage_cli" \
     >"$run_dir/controller.log" 2>&1 &
 pids+=($!)
 

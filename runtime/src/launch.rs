@@ -25,7 +25,11 @@ pub fn install(dir: &Path) -> io::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dest = dir.join("agent-runtime");
     copy_executable(&exe, &dest)?;
-    if let Some(cli) = exe.parent().map(|d| d.join(STORAGE_CLI)).filter(|p| p.is_file()) {
+    if let Some(cli) = exe
+        .parent()
+        .map(|d| d.join(STORAGE_CLI))
+        .filter(|p| p.is_file())
+    {
         copy_executable(&cli, &dir.join(STORAGE_CLI))?;
     }
     Ok(dest)

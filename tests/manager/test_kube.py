@@ -510,3 +510,92 @@ def test_a_mount_that_fails_in_the_sandbox_is_a_500_and_frees_nothing_twice(stac
         return not live
 
     wait_until(none_left, timeout=60, interval=0.2, what="the failed sandboxes deleted")
+
+
+def test_mounts_come_back_after_pause_and_resume(stack, kill_after, persistent_volumes, tmp_path):
+    """The new pod of a resumed sandbox gets its CSI mounts again: the controller's initializer
+    replays `/init` and then the mounts recorded in csi-volume-config (upstream's ReCSIMount)."""
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "keep.txt").write_text("kept\n")
+    pv = persistent_volumes(f"pv-resume-{os.getpid()}", share)
+    at = tmp_path / "sbx" / "data"
+    sbx = Sandbox.create(timeout=300, metadata={EXT + "csi-volume-name": pv, EXT + "csi-mount-point": str(at)})
+    kill_after.append(sbx)
+    assert sbx.files.read(f"{at}/keep.txt") == "kept\n"
+    assert sbx.pause() is True
+    # A real pod's filesystem goes with it; a simulated pod's paths are this machine's, so the
+    # test takes the link away as the old pod's filesystem would.
+    os.unlink(at)
+    status, body, _ = stack.request("POST", f"/v2/sandboxes/{sbx.sandbox_id}/connect", {"timeout": 300})
+    assert status == 201, body
+
+    def remounted():
+        [cr] = [c for c in claimed_crs() if sandbox_id_of(c) == sbx.sandbox_id]
+        init = [c for c in cr.get("status", {}).get("conditions", []) if c["type"] == "RuntimeInitialized"]
+        return bool(init) and init[0]["status"] == "True" and at.is_symlink()
+
+    wait_until(remounted, timeout=60, interval=0.2, what="the mount replayed after the resume")
+    assert Sandbox.connect(sbx.sandbox_id).files.read(f"{at}/keep.txt") == "kept\n"
+
+
+@pytest.fixture
+def runtime_set():
+    """A SandboxSet `mountable` of 1 whose template has an init container named `runtime` (so
+    its SandboxClaims initialise the runtime, upstream's rule), deleted with its sandboxes after."""
+    kubectl("apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxSet",
+        "metadata": {"name": "mountable", "namespace": "default"},
+        "spec": {"replicas": 1, "template": {"spec": {
+            "initContainers": [{"name": "runtime", "image": "agent-runtime"}],
+            "containers": [{"name": "main", "image": "agent-runtime"}]}}}}))
+
+    def available():
+        st = json.loads(kubectl("get", "sandboxset", "mountable", "-n", "default", "-o", "json")).get("status", {})
+        return st.get("availableReplicas", 0) >= 1
+
+    wait_until(available, timeout=120, interval=0.5, what="SandboxSet mountable ready")
+    yield "mountable"
+    kubectl("delete", "sandboxset", "mountable", "-n", "default", "--wait=false")
+    kubectl("delete", "sandboxclaims", "--all", "-n", "default", "--wait=false")
+    kubectl("delete", "sandboxes", "-n", "default", "-l", "agents.kruise.io/sandbox-pool=mountable", "--wait=false")
+
+
+def test_a_sandbox_claim_mounts_its_dynamic_volumes(stack, persistent_volumes, runtime_set, tmp_path):
+    """SandboxClaim.spec.dynamicVolumesMount: the controller resolves the volumes, records them
+    on the taken sandbox and mounts them after `/init`, before the claim counts it; a claim naming
+    a PersistentVolume that does not exist is not satisfied and says why in a Warning event."""
+    share = tmp_path / "share"
+    share.mkdir()
+    (share / "claimed.txt").write_text("through a claim\n")
+    pv = persistent_volumes(f"pv-claim-{os.getpid()}", share)
+    at = tmp_path / "claimed" / "data"
+
+    def claim(name: str, pv_name: str):
+        kubectl("apply", "-f", "-", stdin=json.dumps({
+            "apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxClaim",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"templateName": runtime_set, "createOnNoStock": True, "claimTimeout": "2m",
+                     "dynamicVolumesMount": [{"pvName": pv_name, "mountPath": str(at)}]}}))
+
+    claim("with-volume", pv)
+
+    def claimed():
+        c = json.loads(kubectl("get", "sandboxclaim", "with-volume", "-n", "default", "-o", "json"))
+        return (c.get("status") or {}).get("claimedReplicas") == 1
+
+    wait_until(claimed, timeout=120, interval=0.2, what="the claim satisfied")
+    assert (at / "claimed.txt").read_text() == "through a claim\n"
+    [cr] = [c for c in sandbox_crs() if c["metadata"].get("labels", {}).get("agents.kruise.io/claim-name") == "with-volume"]
+    assert json.loads(cr["metadata"]["annotations"][EXT + "csi-volume-config"]) == [{"pvName": pv, "mountPath": str(at)}]
+
+    claim("without-volume", "no-such-pv")
+
+    def refused():
+        events = json.loads(kubectl("get", "events", "-n", "default", "-o", "json"))["items"]
+        return any(e.get("reason") == "InvalidCSIMount" and "no-such-pv" in (e.get("note") or e.get("message") or "")
+                   for e in events)
+
+    wait_until(refused, timeout=60, interval=0.5, what="a Warning event naming the missing volume")
+    c = json.loads(kubectl("get", "sandboxclaim", "without-volume", "-n", "default", "-o", "json"))
+    assert (c.get("status") or {}).get("claimedReplicas", 0) == 0, c

@@ -4,6 +4,7 @@
 //! CRD YAML is generated from these types (`cargo run -p sandbox-api --bin crdgen`).
 
 pub mod claim;
+pub mod csi;
 pub mod duration;
 pub mod keys;
 pub mod schema;

@@ -11,7 +11,9 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::reflector::Store;
 use kube::{Api, Client};
+use sandbox_api::csi::StorageConfig;
 use sandbox_api::{Sandbox, SandboxSet};
+use sandbox_core::envd::EnvdClient;
 use sandbox_core::{ClaimEngine, EngineConfig, HttpRuntimeInit};
 
 use tokio::sync::mpsc;
@@ -32,6 +34,8 @@ pub struct Settings {
     pub claim_workers: usize,
     /// `/init` timeout per attempt.
     pub init_timeout: Duration,
+    /// Dynamic CSI mounts: allowed drivers, the in-sandbox CLI, the secrets' namespace.
+    pub storage: StorageConfig,
 }
 
 impl Default for Settings {
@@ -43,6 +47,11 @@ impl Default for Settings {
             claim_max_batch: 50,
             claim_workers: 500,
             init_timeout: Duration::from_secs(1),
+            storage: StorageConfig::new(
+                &[],
+                sandbox_storage::CLI_PATH,
+                sandbox_api::keys::DEFAULT_SYSTEM_NAMESPACE,
+            ),
         }
     }
 }
@@ -77,6 +86,8 @@ pub struct Context {
     pub runtime: Arc<HttpRuntimeInit>,
     /// The claim engine; its create limiter is off, as upstream's controller has none.
     pub claims: ClaimEngine,
+    /// envd client for the CSI mount CLI (claims and re-mounts after a resume).
+    pub envd: EnvdClient,
     /// The Sandbox controller's cache, used by claims to find candidates without listing the
     /// pool from the apiserver on every reconcile (a stale candidate just loses its
     /// resourceVersion check).
@@ -126,6 +137,7 @@ impl Context {
             metrics,
             runtime,
             claims,
+            envd: EnvdClient::default(),
             sandbox_store: OnceLock::new(),
             pod_store: OnceLock::new(),
             set_store: OnceLock::new(),

@@ -44,6 +44,19 @@ struct Args {
     /// Namespace holding ConfigMap sandbox-injection-config (upstream: $POD_NAMESPACE).
     #[arg(long, env = "POD_NAMESPACE", default_value = "sandbox-system")]
     system_namespace: String,
+    /// CSI drivers whose PersistentVolumes may be mounted into running sandboxes (a
+    /// SandboxClaim's dynamicVolumesMount, the re-mount after a resume; comma-separated,
+    /// upstream's DYNAMIC_STORAGE_DRIVER_LIST). Empty: none.
+    #[arg(
+        long,
+        env = "DYNAMIC_STORAGE_DRIVER_LIST",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    storage_drivers: Vec<String>,
+    /// The mount CLI inside sandboxes (run as root through envd).
+    #[arg(long, env = "STORAGE_CLI", default_value = sandbox_storage::CLI_PATH)]
+    storage_cli: String,
     /// Concurrent Sandbox reconciles.
     #[arg(long, env = "SANDBOX_WORKERS", default_value_t = 500)]
     sandbox_workers: u16,
@@ -147,6 +160,11 @@ async fn main() -> anyhow::Result<()> {
         claim_initial_batch: args.sandboxclaim_initial_batch_size,
         claim_max_batch: args.sandboxclaim_max_batch_size,
         claim_workers: args.sandboxclaim_workers.into(),
+        storage: sandbox_api::csi::StorageConfig::new(
+            &args.storage_drivers,
+            &args.storage_cli,
+            &args.system_namespace,
+        ),
         ..Settings::default()
     };
     let ctx = Context::new(client.clone(), settings, metrics.clone());

@@ -1,6 +1,7 @@
 //! sandbox-core: the claim engine shared by the controller's SandboxClaim reconciler and the
 //! manager's Kubernetes backend. It is protocol-neutral: plain data and small async traits, no
-//! Kubernetes client and no HTTP server (the one HTTP client is the runtime's `/init`).
+//! Kubernetes client and no HTTP server (its HTTP clients are the runtime's: `/init`, and
+//! [`envd`] for commands and files in a sandbox).
 //!
 //! A claim, in order:
 //! 1. **pick** — [`Candidates`] orders a pool snapshot (current template revision first, each
@@ -23,6 +24,7 @@
 
 mod candidates;
 mod engine;
+pub mod envd;
 mod limiter;
 mod pick;
 mod retry;

@@ -12,7 +12,7 @@
 pub mod api;
 pub mod backend;
 pub mod config;
-pub mod envd;
+pub use sandbox_core::envd;
 pub mod extensions;
 pub mod idempotency;
 pub mod keys;

@@ -89,7 +89,7 @@ async fn kube_backend(
             workers: args.max_claim_workers,
             create_qps: args.max_create_qps,
             lifecycle_wait: Duration::from_secs(args.lifecycle_timeout),
-            storage: sandbox_manager::kube::csi::StorageConfig::new(
+            storage: sandbox_api::csi::StorageConfig::new(
                 &args.storage_drivers,
                 &args.storage_cli,
                 &args.system_namespace,

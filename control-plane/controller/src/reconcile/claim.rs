@@ -17,6 +17,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use sandbox_api::claim::take_error;
+use sandbox_api::csi::ResolvedMount;
 use sandbox_api::keys::*;
 use sandbox_api::state::{SandboxState, sandbox_state};
 use sandbox_api::{Sandbox, SandboxClaim, SandboxClaimStatus, SandboxSet};
@@ -118,6 +119,8 @@ struct KubeClaimStore<'a> {
     set: &'a SandboxSet,
     /// The Sandbox controller's cache once synced; without it the apiserver is listed.
     cache: Option<&'a Store<Sandbox>>,
+    /// The claim's `dynamicVolumesMount`, resolved.
+    mounts: Vec<ResolvedMount>,
 }
 
 impl KubeClaimStore<'_> {
@@ -221,6 +224,20 @@ impl SandboxStore for KubeClaimStore<'_> {
             .get_opt(&sandbox.name_any())
             .await?
             .map(Arc::new))
+    }
+
+    /// The claim's CSI mounts, through the sandbox's envd.
+    async fn mount(&self, sandbox: &Arc<Sandbox>) -> Result<(), String> {
+        if self.mounts.is_empty() {
+            return Ok(());
+        }
+        sandbox_api::csi::mount_all(
+            &self.ctx.envd,
+            &self.ctx.settings.storage.cli,
+            sandbox,
+            &self.mounts,
+        )
+        .await
     }
 
     /// Label `reserved-failed-sandbox=true`: it keeps its owner but is no longer counted.
@@ -377,6 +394,37 @@ async fn completed(
     }
 }
 
+/// The claim's `dynamicVolumesMount` resolved against their PersistentVolumes (they need the
+/// runtime initialised). A bad one fails the reconcile (retried with backoff, as upstream) with a
+/// Warning event saying why.
+async fn claim_mounts(
+    ctx: &Context,
+    claim: &SandboxClaim,
+    opts: &ClaimOptions,
+) -> Result<Vec<ResolvedMount>> {
+    let wanted = &claim.spec.dynamic_volumes_mount;
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let resolved = if opts.init_env.is_none() {
+        Err("init runtime is required when csi mount is specified".to_string())
+    } else {
+        sandbox_api::csi::resolve(&ctx.client, &ctx.settings.storage, wanted)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match resolved {
+        Ok(r) => Ok(r),
+        Err(why) => {
+            let note =
+                format!("failed to generate csi mount options config for sandbox, err: {why}");
+            ctx.event(&claim.object_ref(&()), true, "InvalidCSIMount", &note)
+                .await;
+            Err(crate::error::Error::InvalidSpec(note))
+        }
+    }
+}
+
 async fn claim_from(
     ctx: &Arc<Context>,
     claim: &SandboxClaim,
@@ -387,12 +435,15 @@ async fn claim_from(
 ) -> Result<Action> {
     let claim_name = claim.name_any();
     let uid = claim.metadata.uid.clone().unwrap_or_default();
+    let opts = claim_options(claim, set);
+    let mounts = claim_mounts(ctx, claim, &opts).await?;
     let store = KubeClaimStore {
         ctx,
         sandboxes: sandboxes.clone(),
         claim,
         set,
         cache: ctx.synced_sandboxes().await,
+        mounts,
     };
     // The claim's status (fresh: see `is_stale`) is authoritative; recounting what it owns only
     // recovers a status write lost in a crash, for which the cache (listed anew at start-up) is
@@ -421,7 +472,6 @@ async fn claim_from(
         SystemTime::now(),
         start,
     );
-    let opts = claim_options(claim, set);
     let got = Mutex::new(0i32);
     let (_, err) = do_it_slowly(want, ctx.settings.claim_initial_batch, |_| {
         let (store, candidates, opts, got) = (&store, &candidates, &opts, &got);

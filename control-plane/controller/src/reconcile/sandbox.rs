@@ -86,8 +86,24 @@ async fn injection_data(
 }
 
 /// POSTs the stored `/init` request to the sandbox's runtime (the claim engine's client and
-/// retries). 401 counts as already initialised.
+/// retries; 401 counts as already initialised), then mounts the CSI volumes the sandbox
+/// records again (upstream's initializer: the new pod has none of them).
 async fn init_runtime(ctx: &Context, sbx: &Sandbox) -> Result<()> {
+    post_init(ctx, sbx).await?;
+    let Some(mounts) = sandbox_api::csi::recorded(sbx) else {
+        return Ok(());
+    };
+    let again =
+        |e: String| Error::RuntimeInit(format!("failed to perform ReCSIMount after resume: {e}"));
+    let resolved = sandbox_api::csi::resolve(&ctx.client, &ctx.settings.storage, &mounts)
+        .await
+        .map_err(|e| again(e.to_string()))?;
+    sandbox_api::csi::mount_all(&ctx.envd, &ctx.settings.storage.cli, sbx, &resolved)
+        .await
+        .map_err(again)
+}
+
+async fn post_init(ctx: &Context, sbx: &Sandbox) -> Result<()> {
     let ann = sbx.annotations();
     let body = ann
         .get(ANNOTATION_INIT_RUNTIME_REQUEST)

@@ -74,7 +74,7 @@ impl Source {
 pub struct Mounts<'a> {
     pub envd: &'a crate::envd::EnvdClient,
     pub cli: &'a str,
-    pub resolved: &'a [super::csi::ResolvedMount],
+    pub resolved: &'a [sandbox_api::csi::ResolvedMount],
 }
 
 /// The store of one create.
@@ -215,7 +215,7 @@ impl SandboxStore for ManagerStore<'_> {
         if self.mounts.resolved.is_empty() {
             return Ok(());
         }
-        super::csi::mount_all(
+        sandbox_api::csi::mount_all(
             self.mounts.envd,
             self.mounts.cli,
             sandbox,

@@ -8,7 +8,6 @@
 //! guarded take hands a sandbox to one of them only.
 
 mod claim;
-pub mod csi;
 mod index;
 pub mod keys;
 mod lifecycle;
@@ -71,7 +70,7 @@ pub struct KubeConfig {
     /// How long pause and resume wait for the controller.
     pub lifecycle_wait: Duration,
     /// Dynamic CSI mounts: allowed drivers, the in-sandbox CLI, the secrets' namespace.
-    pub storage: csi::StorageConfig,
+    pub storage: sandbox_api::csi::StorageConfig,
 }
 
 /// Sandboxes as Sandbox CRs.
@@ -404,7 +403,10 @@ impl KubeBackend {
 
     /// The create's volume mounts resolved against their PersistentVolumes (before anything is
     /// taken: a bad mount is a 400). Mounting needs the runtime initialised.
-    async fn resolve_mounts(&self, spec: &CreateSpec) -> BackendResult<Vec<csi::ResolvedMount>> {
+    async fn resolve_mounts(
+        &self,
+        spec: &CreateSpec,
+    ) -> BackendResult<Vec<sandbox_api::csi::ResolvedMount>> {
         if spec.mounts.is_empty() {
             return Ok(Vec::new());
         }
@@ -413,7 +415,12 @@ impl KubeBackend {
                 "init runtime is required when csi mount is specified".into(),
             ));
         }
-        csi::resolve(&self.client, &self.cfg.storage, &spec.mounts).await
+        sandbox_api::csi::resolve(&self.client, &self.cfg.storage, &spec.mounts)
+            .await
+            .map_err(|e| match e {
+                sandbox_api::csi::CsiError::Invalid(m) => BackendError::BadRequest(m),
+                sandbox_api::csi::CsiError::Api(m) => BackendError::Internal(m),
+            })
     }
 
     /// The clone-only keys `sandbox-name` (a DNS-1123 label) and `sandbox-generate-name` (a

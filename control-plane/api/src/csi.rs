@@ -1,30 +1,29 @@
-//! Dynamic CSI mounts on the kube backend (upstream's dynamic-csi-mount): before the claim,
-//! every requested mount is resolved against its PersistentVolume (its CSI driver must be one
-//! this manager allows; its node-publish secret must live in the system namespace) into a CSI
-//! `NodePublishVolumeRequest`, so a bad request is a 400 and takes no sandbox; the take records
-//! the mounts in annotation `e2b.agents.kruise.io/csi-volume-config`; after `/init` the claim
-//! engine's mount stage runs `sandbox-runtime-storage mount --driver <d> --config <request>` in
-//! the sandbox through envd as root (3 at a time, 30 s each). A failed mount fails the create
-//! (500 `failed to perform csi mount: …`) and the sandbox is deleted or reserved like any
-//! sandbox that failed after its take.
+//! Dynamic CSI mounts (upstream's dynamic-csi-mount), for the manager's creates and the
+//! controller's SandboxClaims and re-mounts after a resume: every mount config (`pvName`,
+//! `mountPath`, `subPath`, `readOnly`) is resolved against its PersistentVolume (its CSI driver
+//! must be an allowed one; its node-publish secret must live in the system namespace) into a CSI
+//! `NodePublishVolumeRequest` ([`resolve`]); [`mount_all`] runs
+//! `sandbox-runtime-storage mount --driver <d> --config <request>` in the sandbox through envd as
+//! root (3 at a time, 30 s each). The configs live on the Sandbox in annotation
+//! `e2b.agents.kruise.io/csi-volume-config` ([`recorded`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use crate::Sandbox;
+use crate::keys::ANNOTATION_RUNTIME_ACCESS_TOKEN;
+use crate::types::CsiMountConfig;
 use k8s_openapi::api::core::v1::{PersistentVolume, Secret};
 use kube::{Api, Client};
-use sandbox_api::Sandbox;
-use sandbox_api::keys::ANNOTATION_RUNTIME_ACCESS_TOKEN;
-use sandbox_api::types::CsiMountConfig;
 use sandbox_storage::{
     MOUNT_CONCURRENCY, MOUNT_TIMEOUT, MountTarget, NodePublishVolumeRequest, VolumeSource,
     encode_request, publish_request,
 };
 
-use crate::envd::{CommandSpec, EnvdClient, Program, Target};
-use crate::model::{BackendError, BackendResult};
+use sandbox_core::envd::{CommandSpec, EnvdClient, Program, Target};
 
-use super::is_status;
+use crate::claim::is_status;
+use crate::keys::ANNOTATION_CSI_VOLUME_CONFIG;
 
 /// `volumeAttributes.authType` value whose secret is not read (an identity provider's).
 const AUTH_TYPE_AGENT_IDENTITY: &str = "agent-identity";
@@ -63,17 +62,39 @@ pub struct ResolvedMount {
     pub request: NodePublishVolumeRequest,
 }
 
-fn bad(msg: String) -> BackendError {
-    BackendError::BadRequest(msg)
+/// Why mounts could not be resolved (upstream's wording).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CsiError {
+    /// The request is wrong (no such volume, a driver not allowed, …): a 400.
+    #[error("{0}")]
+    Invalid(String),
+    /// The apiserver failed.
+    #[error("{0}")]
+    Api(String),
 }
 
-/// Resolves every mount against its PersistentVolume (and secret); errors are 400s with
-/// upstream's wording.
+fn bad(msg: String) -> CsiError {
+    CsiError::Invalid(msg)
+}
+
+/// The mounts recorded on a sandbox (`None`: none, or the annotation does not parse).
+pub fn recorded(sandbox: &Sandbox) -> Option<Vec<CsiMountConfig>> {
+    let raw = sandbox
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(ANNOTATION_CSI_VOLUME_CONFIG)?;
+    serde_json::from_str::<Vec<CsiMountConfig>>(raw)
+        .ok()
+        .filter(|m| !m.is_empty())
+}
+
+/// Resolves every mount against its PersistentVolume (and secret).
 pub async fn resolve(
     client: &Client,
     cfg: &StorageConfig,
     mounts: &[CsiMountConfig],
-) -> BackendResult<Vec<ResolvedMount>> {
+) -> Result<Vec<ResolvedMount>, CsiError> {
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
     let mut out = Vec::with_capacity(mounts.len());
     for m in mounts {
@@ -86,7 +107,7 @@ pub async fn resolve(
                 )));
             }
             Err(e) => {
-                return Err(BackendError::Internal(format!(
+                return Err(CsiError::Api(format!(
                     "failed to get persistent volume object by name: {}, err: {e}",
                     m.pv_name
                 )));
@@ -134,7 +155,7 @@ pub async fn resolve(
                     if is_status(&e, 404) {
                         bad(msg)
                     } else {
-                        BackendError::Internal(msg)
+                        CsiError::Api(msg)
                     }
                 })?;
                 secret
@@ -267,5 +288,28 @@ mod tests {
             "sys",
         );
         assert_eq!(c.drivers, ["a.csi", "b.csi"]);
+    }
+
+    #[test]
+    fn recorded_mounts_come_from_the_annotation() {
+        let mut s = Sandbox::default();
+        assert_eq!(recorded(&s), None);
+        for (raw, want) in [
+            ("[]", None),
+            ("not json", None),
+            (
+                r#"[{"pvName":"pv","mountPath":"/d","subPath":"x"}]"#,
+                Some(vec![CsiMountConfig {
+                    pv_name: "pv".into(),
+                    mount_path: "/d".into(),
+                    sub_path: Some("x".into()),
+                    ..Default::default()
+                }]),
+            ),
+        ] {
+            s.metadata.annotations =
+                Some([(ANNOTATION_CSI_VOLUME_CONFIG.to_string(), raw.to_string())].into());
+            assert_eq!(recorded(&s), want, "{raw}");
+        }
     }
 }
