@@ -458,7 +458,7 @@ def test_bad_mounts_are_400s_and_take_no_sandbox(stack, persistent_volumes, tmp_
     """Every mount is resolved before the claim: an unknown PersistentVolume, one without CSI, a
     driver this manager does not allow, a node-publish secret outside the system namespace, a bad
     mount point, half of the key pair, a mount without runtime init — each a 400 saying what is
-    wrong, and no sandbox taken."""
+    wrong, and no sandbox taken (nor a PersistentVolume read for a name that cannot be one)."""
     tmp_path.joinpath("v").mkdir()
     no_csi = persistent_volumes(f"pv-hostpath-{os.getpid()}", tmp_path / "v", csi=False)
     other = persistent_volumes(f"pv-other-{os.getpid()}", tmp_path / "v", driver="nas.csi.example.com")
@@ -480,6 +480,8 @@ def test_bad_mounts_are_400s_and_take_no_sandbox(stack, persistent_volumes, tmp_
         ({"volumeMounts": [{"name": good, "path": "/a"}, {"name": good, "path": "/a"}]}, "is duplicated"),
         ({"volumeMounts": [{"name": "", "path": "/a"}]}, "volumeMounts[0].name cannot be empty"),
         ({"volumeMounts": "nope"}, ""),
+        ({"metadata": pair(f"{good}/status", "/mnt/x")}, "is not a PersistentVolume name"),
+        ({"volumeMounts": [{"name": good, "path": f"/m{i}"} for i in range(33)]}, "at most 32 volume mounts"),
     ]
     for body, want in cases:
         status, out = create_raw(stack, body)

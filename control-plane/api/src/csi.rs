@@ -25,6 +25,10 @@ use sandbox_core::envd::{CommandSpec, EnvdClient, Program, Target};
 use crate::claim::is_status;
 use crate::keys::ANNOTATION_CSI_VOLUME_CONFIG;
 
+/// Most mounts one sandbox may ask for (each costs a PersistentVolume read and a command in the
+/// sandbox).
+pub const MAX_MOUNTS: usize = 32;
+
 /// `volumeAttributes.authType` value whose secret is not read (an identity provider's).
 const AUTH_TYPE_AGENT_IDENTITY: &str = "agent-identity";
 
@@ -97,7 +101,19 @@ pub async fn resolve(
 ) -> Result<Vec<ResolvedMount>, CsiError> {
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
     let mut out = Vec::with_capacity(mounts.len());
+    if mounts.len() > MAX_MOUNTS {
+        return Err(bad(format!(
+            "at most {MAX_MOUNTS} volume mounts per sandbox, {} asked for",
+            mounts.len()
+        )));
+    }
     for m in mounts {
+        if !crate::names::dns_subdomain(&m.pv_name) {
+            return Err(bad(format!(
+                "{:?} is not a PersistentVolume name (a DNS-1123 subdomain)",
+                m.pv_name
+            )));
+        }
         let pv = match pvs.get_opt(&m.pv_name).await {
             Ok(Some(pv)) => pv,
             Ok(None) => {

@@ -7,6 +7,7 @@ pub mod claim;
 pub mod csi;
 pub mod duration;
 pub mod keys;
+pub mod names;
 pub mod schema;
 pub mod state;
 pub mod types;

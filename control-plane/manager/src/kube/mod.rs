@@ -11,7 +11,6 @@ mod claim;
 mod index;
 pub mod keys;
 mod lifecycle;
-mod names;
 pub mod record;
 mod routes;
 mod snapshots;
@@ -25,6 +24,7 @@ use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use sandbox_api::Sandbox;
+use sandbox_api::names;
 use sandbox_api::claim::{InPlaceChange, parse_cpu, parse_image};
 use sandbox_api::keys::*;
 use sandbox_core::{

@@ -1,5 +1,6 @@
-//! Kubernetes' rules for label and annotation keys and label values, checked before a claim so
-//! that a bad `label:<k>` is a 400 naming it, not an apiserver refusal halfway through a take.
+//! Kubernetes' rules for object names, label and annotation keys and label values, checked
+//! before a claim so that a bad `label:<k>` or volume name is a 400 naming it, not an apiserver
+//! refusal halfway through a take.
 
 fn name_part(s: &str, max: usize) -> bool {
     let b = s.as_bytes();
@@ -11,7 +12,9 @@ fn name_part(s: &str, max: usize) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
-fn dns_subdomain(s: &str) -> bool {
+/// A DNS-1123 subdomain (the name of most objects, e.g. a PersistentVolume): ≤ 253 characters,
+/// dot-separated labels of lower-case letters, digits and `-`.
+pub fn dns_subdomain(s: &str) -> bool {
     s.len() <= 253
         && s.split('.').all(|l| {
             let b = l.as_bytes();
