@@ -7,7 +7,8 @@ kube backend) with a SandboxSet `base` of POOL sandboxes, then measures:
 
   floor    one resourceVersion-guarded merge patch of a Sandbox, straight to the apiserver over a
            kept-alive TLS connection (what a claim's take must at least pay), sequential and at
-           the clients' concurrency, in the same run
+           the clients' concurrency, in the same run, once the pool is full again (no refill
+           beside it)
   creates  POST /v2/sandboxes (no SDK) at 1, 20 and 100 concurrent clients: p50 / p99,
            creates/s, and the mean time per claim stage from the manager's stage histograms
            (pick, take, init, route; wait_ready only for sandboxes created on no stock), and
@@ -469,6 +470,8 @@ def main():
             # next phase's.
             wait_pool(args.pool)
             lat, wall, stages = creates(stack, clients, total)
+            # The floor on a quiet apiserver: after the refill of what the creates took.
+            wait_pool(args.pool)
             f = floor(api, clients, max(1, 200 // clients))
             rows.append((f"POST /v2/sandboxes, {clients} concurrent", lat, total / wall))
             rows.append((f"floor: guarded Sandbox patch, {clients} concurrent", f, len(f) / sum(f) * clients))

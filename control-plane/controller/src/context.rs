@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use crate::expectations::ScaleExpectations;
 use crate::metrics::Metrics;
 use crate::pace::Pacer;
+use crate::pool::RefillHold;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -36,6 +37,8 @@ pub struct Settings {
     pub init_timeout: Duration,
     /// Dynamic CSI mounts: allowed drivers, the in-sandbox CLI, the secrets' namespace.
     pub storage: StorageConfig,
+    /// How a pool's refill gives way to a burst of claims.
+    pub refill_hold: RefillHold,
 }
 
 impl Default for Settings {
@@ -52,6 +55,10 @@ impl Default for Settings {
                 sandbox_storage::CLI_PATH,
                 sandbox_api::keys::DEFAULT_SYSTEM_NAMESPACE,
             ),
+            refill_hold: RefillHold {
+                quiet: Duration::from_millis(500),
+                max: Duration::from_secs(3),
+            },
         }
     }
 }
@@ -100,6 +107,8 @@ pub struct Context {
     pub scale: ScaleExpectations,
     /// Spacing of SandboxSet status writes (`ns/name`).
     pub status_pace: Pacer,
+    /// Since when a SandboxSet's refill is held for a burst of claims (`ns/name`).
+    pub refill_held: Mutex<HashMap<String, Instant>>,
     /// SandboxTemplates a SandboxSet reconcile made or found (`ns/name/set-uid`): not read again.
     pub materialised: Mutex<HashSet<String>>,
     /// resourceVersion of our last write per sandbox UID: a reconcile that sees an older
@@ -143,6 +152,7 @@ impl Context {
             set_store: OnceLock::new(),
             scale: ScaleExpectations::default(),
             materialised: Mutex::new(HashSet::new()),
+            refill_held: Mutex::new(HashMap::new()),
             status_pace: Pacer::default(),
             written: Mutex::new((HashMap::new(), Instant::now())),
         })

@@ -66,6 +66,14 @@ struct Args {
     /// First batch of sandbox creations per SandboxSet reconcile (doubles after each success).
     #[arg(long, env = "SANDBOXSET_INITIAL_BATCH_SIZE", default_value_t = 16)]
     sandboxset_initial_batch_size: usize,
+    /// A pool's refill waits until no sandbox of it was claimed for this long, so that a burst
+    /// of claims does not share the apiserver with the refill of what it took (0: refill at
+    /// once, as upstream). Never while less than half the pool is left.
+    #[arg(long, env = "SANDBOXSET_REFILL_QUIET_MS", default_value_t = 500)]
+    sandboxset_refill_quiet_ms: u64,
+    /// ... and never longer than this.
+    #[arg(long, env = "SANDBOXSET_REFILL_MAX_HOLD_MS", default_value_t = 3000)]
+    sandboxset_refill_max_hold_ms: u64,
     /// Concurrent SandboxClaim reconciles.
     #[arg(long, env = "SANDBOXCLAIM_WORKERS", default_value_t = 500)]
     sandboxclaim_workers: u16,
@@ -160,6 +168,10 @@ async fn main() -> anyhow::Result<()> {
         claim_initial_batch: args.sandboxclaim_initial_batch_size,
         claim_max_batch: args.sandboxclaim_max_batch_size,
         claim_workers: args.sandboxclaim_workers.into(),
+        refill_hold: sandbox_controller::pool::RefillHold {
+            quiet: Duration::from_millis(args.sandboxset_refill_quiet_ms),
+            max: Duration::from_millis(args.sandboxset_refill_max_hold_ms),
+        },
         storage: sandbox_api::csi::StorageConfig::new(
             &args.storage_drivers,
             &args.storage_cli,

@@ -234,8 +234,71 @@ where
 
 pub use sandbox_api::claim::new_sandbox_from_set;
 
+/// How a pool's refill gives way to a burst of claims (`--sandboxset-refill-quiet-ms`,
+/// `--sandboxset-refill-max-hold-ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefillHold {
+    /// Refill once no sandbox of the set was claimed for this long (zero: never hold).
+    pub quiet: std::time::Duration,
+    /// ... or once a missing sandbox has waited this long, whatever the claims do.
+    pub max: std::time::Duration,
+}
+
+/// Whether to postpone creating `create` sandboxes for a pool of `replicas` with `available`
+/// left, the newest claim `since_claim` ago and the refill already held for `held_for`:
+/// `Some(wait)` postpones (ask again after `wait`). The claims of a burst and the refill of
+/// what they took would otherwise compete for the same apiserver at the same moment; the refill
+/// waits for a quiet moment, never while fewer than half the pool is left, and never longer
+/// than `hold.max`.
+pub fn refill_hold(
+    create: usize,
+    replicas: i32,
+    available: i32,
+    since_claim: Option<std::time::Duration>,
+    held_for: std::time::Duration,
+    hold: &RefillHold,
+) -> Option<std::time::Duration> {
+    let since = since_claim?;
+    if create == 0 || hold.quiet.is_zero() || available * 2 < replicas {
+        return None;
+    }
+    if since >= hold.quiet || held_for >= hold.max {
+        return None;
+    }
+    Some((hold.quiet - since).min(hold.max - held_for))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn refill_gives_way_to_a_burst_but_not_for_long_nor_below_half() {
+        use std::time::Duration as D;
+        let hold = super::RefillHold {
+            quiet: D::from_millis(500),
+            max: D::from_secs(3),
+        };
+        let ms = D::from_millis;
+        let f = super::refill_hold;
+        // A claim 100 ms ago, 400 of 500 left: wait for the quiet moment.
+        assert_eq!(f(100, 500, 400, Some(ms(100)), ms(0), &hold), Some(ms(400)));
+        // ... but not past the longest hold.
+        assert_eq!(
+            f(100, 500, 400, Some(ms(100)), ms(2800), &hold),
+            Some(ms(200))
+        );
+        assert_eq!(f(100, 500, 400, Some(ms(100)), ms(3000), &hold), None);
+        // Quiet already, no claim at all, nothing to create, below half, hold off: at once.
+        assert_eq!(f(100, 500, 400, Some(ms(500)), ms(0), &hold), None);
+        assert_eq!(f(100, 500, 400, None, ms(0), &hold), None);
+        assert_eq!(f(0, 500, 500, Some(ms(1)), ms(0), &hold), None);
+        assert_eq!(f(300, 500, 200, Some(ms(1)), ms(0), &hold), None);
+        let off = super::RefillHold {
+            quiet: D::ZERO,
+            ..hold
+        };
+        assert_eq!(f(100, 500, 400, Some(ms(1)), ms(0), &off), None);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -275,8 +275,14 @@ async fn reconcile_inner(set: Arc<SandboxSet>, ctx: Arc<Context>) -> Result<Acti
         }
     }
 
+    // Members change through watch events; the periodic requeue catches expired shutdown timers.
+    let mut next = Duration::from_secs(60);
+    let held = hold_refill(&ctx, &key, &plan, &spec, &cached, now);
+    if let Some(wait) = held {
+        next = wait;
+    }
     let mut created = 0usize;
-    if plan.create > 0 {
+    if plan.create > 0 && held.is_none() {
         let template = pool_sandbox(&set, &revision);
         let (ok, err) = do_it_slowly(plan.create, ctx.settings.sandboxset_initial_batch, |_| {
             let sandboxes = sandboxes.clone();
@@ -327,8 +333,6 @@ async fn reconcile_inner(set: Arc<SandboxSet>, ctx: Arc<Context>) -> Result<Acti
         .pool_available
         .get_or_create(&pool)
         .set(status.available_replicas as i64);
-    // Members change through watch events; the periodic requeue catches expired shutdown timers.
-    let mut next = Duration::from_secs(60);
     if set.status.as_ref() != Some(&status) {
         let counts_only = set.status.as_ref().is_some_and(|old| {
             SandboxSetStatus {
@@ -352,6 +356,44 @@ async fn reconcile_inner(set: Arc<SandboxSet>, ctx: Arc<Context>) -> Result<Acti
         return Err(Error::Batch(failures.len(), failures.swap_remove(0)));
     }
     Ok(Action::requeue(next))
+}
+
+/// `Some(wait)`: the refill gives way to a burst of claims for now (`pool::refill_hold`; the
+/// newest claim of the set from its sandboxes' `claim-timestamp`).
+fn hold_refill(
+    ctx: &Context,
+    key: &str,
+    plan: &crate::pool::PoolPlan,
+    spec: &PoolSpec,
+    cached: &[Arc<Sandbox>],
+    now: Timestamp,
+) -> Option<Duration> {
+    let mut held = ctx.refill_held.lock().expect("refill holds");
+    if plan.create == 0 {
+        held.remove(key);
+        return None;
+    }
+    let newest_claim = cached
+        .iter()
+        .filter(|s| s.labels().get(LABEL_SANDBOX_CLAIMED).map(String::as_str) == Some("true"))
+        .filter_map(|s| s.annotations().get(ANNOTATION_CLAIM_TIMESTAMP))
+        .filter_map(|t| t.parse::<Timestamp>().ok())
+        .max();
+    let since_claim =
+        newest_claim.map(|t| Duration::try_from(now.duration_since(t)).unwrap_or(Duration::ZERO));
+    let since = *held.entry(key.to_string()).or_insert_with(Instant::now);
+    let wait = crate::pool::refill_hold(
+        plan.create,
+        spec.replicas,
+        plan.status.available,
+        since_claim,
+        since.elapsed(),
+        &ctx.settings.refill_hold,
+    );
+    if wait.is_none() {
+        held.remove(key);
+    }
+    wait
 }
 
 async fn write_status(api: &Api<SandboxSet>, name: &str, status: &SandboxSetStatus) -> Result<()> {

@@ -24,9 +24,9 @@ use jiff::{SignedDuration, Timestamp};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use sandbox_api::Sandbox;
-use sandbox_api::names;
 use sandbox_api::claim::{InPlaceChange, parse_cpu, parse_image};
 use sandbox_api::keys::*;
+use sandbox_api::names;
 use sandbox_core::{
     ClaimEngine, ClaimError, ClaimOptions, EngineConfig, HttpRuntimeInit, RetryPolicy,
 };
