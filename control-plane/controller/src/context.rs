@@ -107,6 +107,8 @@ pub struct Context {
     pub scale: ScaleExpectations,
     /// Spacing of SandboxSet status writes (`ns/name`).
     pub status_pace: Pacer,
+    /// The newest `claim-timestamp` the Sandbox reconciler has seen (any sandbox).
+    pub newest_claim: Mutex<Option<k8s_openapi::jiff::Timestamp>>,
     /// Since when a SandboxSet's refill is held for a burst of claims (`ns/name`).
     pub refill_held: Mutex<HashMap<String, Instant>>,
     /// SandboxTemplates a SandboxSet reconcile made or found (`ns/name/set-uid`): not read again.
@@ -153,6 +155,7 @@ impl Context {
             scale: ScaleExpectations::default(),
             materialised: Mutex::new(HashSet::new()),
             refill_held: Mutex::new(HashMap::new()),
+            newest_claim: Mutex::new(None),
             status_pace: Pacer::default(),
             written: Mutex::new((HashMap::new(), Instant::now())),
         })

@@ -268,8 +268,43 @@ pub fn refill_hold(
     Some((hold.quiet - since).min(hold.max - held_for))
 }
 
+/// Whether a just-claimed sandbox's status write that only moves its `observedGeneration` (the
+/// take's new `shutdownTime` bumped the generation) waits: `Some(wait)` while claims are still
+/// coming (the newest one less than `hold.quiet` ago), never longer than `hold.max` after its own
+/// claim. Like the refill, it then stays off the apiserver while a burst's takes need it.
+pub fn observed_write_hold(
+    since_own_claim: std::time::Duration,
+    since_newest_claim: std::time::Duration,
+    hold: &RefillHold,
+) -> Option<std::time::Duration> {
+    if hold.quiet.is_zero() || since_newest_claim >= hold.quiet || since_own_claim >= hold.max {
+        return None;
+    }
+    Some((hold.quiet - since_newest_claim).min(hold.max - since_own_claim))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn observed_generation_writes_wait_for_the_burst_but_not_for_long() {
+        use std::time::Duration as D;
+        let hold = super::RefillHold {
+            quiet: D::from_millis(500),
+            max: D::from_secs(3),
+        };
+        let ms = D::from_millis;
+        let f = super::observed_write_hold;
+        assert_eq!(f(ms(50), ms(10), &hold), Some(ms(490)));
+        assert_eq!(f(ms(2900), ms(10), &hold), Some(ms(100)));
+        assert_eq!(f(ms(3000), ms(10), &hold), None);
+        assert_eq!(f(ms(50), ms(500), &hold), None);
+        let off = super::RefillHold {
+            quiet: D::ZERO,
+            ..hold
+        };
+        assert_eq!(f(ms(50), ms(10), &off), None);
+    }
+
     #[test]
     fn refill_gives_way_to_a_burst_but_not_for_long_nor_below_half() {
         use std::time::Duration as D;

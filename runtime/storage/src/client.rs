@@ -6,8 +6,8 @@ use std::time::Duration;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Endpoint, Uri};
 
+use crate::csi::NodePublishVolumeRequest;
 use crate::csi::node_client::NodeClient;
-use crate::csi::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest};
 
 /// `<dir>/<driver>/csi.sock`.
 pub fn socket_path(dir: &Path, driver: &str) -> PathBuf {
@@ -61,20 +61,4 @@ pub async fn publish(
         .await
         .map(|_| ())
         .map_err(|s| format!("NodePublishVolume failed: {}", s.message()))
-}
-
-/// `NodeUnpublishVolume` on the plugin at `socket`.
-pub async fn unpublish(
-    socket: &Path,
-    req: NodeUnpublishVolumeRequest,
-    timeout: Duration,
-) -> Result<(), String> {
-    let mut client = connect(socket, timeout)
-        .await
-        .map_err(|e| format!("create CSI client for {}: {e}", socket.display()))?;
-    client
-        .node_unpublish_volume(req)
-        .await
-        .map(|_| ())
-        .map_err(|s| format!("NodeUnpublishVolume failed: {}", s.message()))
 }

@@ -488,13 +488,49 @@ async fn reconcile_inner(sbx: Arc<Sandbox>, ctx: Arc<Context>) -> Result<Action>
             Err(e) => return Err(e.into()),
         }
     }
+    let mut requeue = plan.requeue_after;
     if !deleting {
-        write_status(&ctx, &sandboxes, &sbx, rv.as_deref(), &status).await?;
+        match hold_observed_write(&ctx, &sbx, &status) {
+            Some(wait) => requeue = Some(requeue.map_or(wait, |d| d.min(wait))),
+            None => write_status(&ctx, &sandboxes, &sbx, rv.as_deref(), &status).await?,
+        }
     }
-    Ok(match plan.requeue_after {
+    Ok(match requeue {
         Some(d) => Action::requeue(d.max(Duration::from_millis(100))),
         None => Action::requeue(Duration::from_secs(300)),
     })
+}
+
+/// `Some(wait)`: this status write only moves the `observedGeneration` of a just-claimed sandbox
+/// while claims are still coming; it is made when the reconcile comes round again
+/// (`pool::observed_write_hold`).
+fn hold_observed_write(
+    ctx: &Context,
+    sbx: &Sandbox,
+    status: &sandbox_api::SandboxStatus,
+) -> Option<Duration> {
+    let claimed = sbx
+        .annotations()
+        .get(ANNOTATION_CLAIM_TIMESTAMP)
+        .and_then(|t| t.parse::<Timestamp>().ok())?;
+    let newest = {
+        let mut newest = ctx.newest_claim.lock().expect("newest claim");
+        let n = newest.map_or(claimed, |n| n.max(claimed));
+        *newest = Some(n);
+        n
+    };
+    let old = sbx.status.as_ref()?;
+    let observed_only = old.observed_generation != status.observed_generation
+        && sandbox_api::SandboxStatus {
+            observed_generation: old.observed_generation,
+            ..status.clone()
+        } == *old;
+    if !observed_only {
+        return None;
+    }
+    let now = Timestamp::now();
+    let since = |t: Timestamp| Duration::try_from(now.duration_since(t)).unwrap_or(Duration::ZERO);
+    crate::pool::observed_write_hold(since(claimed), since(newest), &ctx.settings.refill_hold)
 }
 
 async fn write_status(
