@@ -16,7 +16,7 @@ use crate::keys::*;
 use crate::state::{SandboxState, is_ready, sandbox_state};
 use crate::types::{Sandbox, SandboxPhase, condition};
 
-fn pod_ip(s: &Sandbox) -> Option<&str> {
+pub(crate) fn pod_ip(s: &Sandbox) -> Option<&str> {
     s.status
         .as_ref()
         .and_then(|st| st.pod_info.as_ref())
@@ -24,12 +24,17 @@ fn pod_ip(s: &Sandbox) -> Option<&str> {
         .filter(|ip| !ip.is_empty())
 }
 
-fn annotation<'a>(s: &'a Sandbox, key: &str) -> Option<&'a str> {
+pub(crate) fn annotation<'a>(s: &'a Sandbox, key: &str) -> Option<&'a str> {
     s.metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(key))
         .map(String::as_str)
+}
+
+/// When the sandbox was taken (its `claim-timestamp` annotation, as every take writes it).
+pub fn claimed_at(s: &Sandbox) -> Option<Timestamp> {
+    annotation(s, ANNOTATION_CLAIM_TIMESTAMP)?.parse().ok()
 }
 
 impl ClaimableSandbox for Sandbox {

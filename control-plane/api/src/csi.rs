@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use crate::Sandbox;
 use crate::keys::ANNOTATION_RUNTIME_ACCESS_TOKEN;
 use crate::types::CsiMountConfig;
-use k8s_openapi::api::core::v1::{PersistentVolume, Secret};
+use k8s_openapi::api::core::v1::{PersistentVolume, Secret, SecretReference};
 use kube::{Api, Client};
 use sandbox_storage::{
     MOUNT_CONCURRENCY, MOUNT_TIMEOUT, MountTarget, NodePublishVolumeRequest, VolumeSource,
@@ -22,7 +22,7 @@ use sandbox_storage::{
 
 use sandbox_core::envd::{CommandSpec, EnvdClient, Program, Target};
 
-use crate::claim::is_status;
+use crate::claim::{annotation, is_status, pod_ip};
 use crate::keys::ANNOTATION_CSI_VOLUME_CONFIG;
 
 /// Most mounts one sandbox may ask for (each costs a PersistentVolume read and a command in the
@@ -81,13 +81,27 @@ fn bad(msg: String) -> CsiError {
     CsiError::Invalid(msg)
 }
 
+/// Mounts are made after `/init` with the runtime's token: a claim that skips init cannot have
+/// any (upstream's rule and wording).
+pub fn require_init(mounts: &[CsiMountConfig], initialised: bool) -> Result<(), CsiError> {
+    if mounts.is_empty() || initialised {
+        Ok(())
+    } else {
+        Err(bad(
+            "init runtime is required when csi mount is specified".into()
+        ))
+    }
+}
+
+/// The value of annotation `e2b.agents.kruise.io/csi-volume-config` a take records for `mounts`
+/// ([`recorded`] reads it back).
+pub fn annotation_value(mounts: &[CsiMountConfig]) -> String {
+    serde_json::to_string(mounts).expect("mount configs serialise")
+}
+
 /// The mounts recorded on a sandbox (`None`: none, or the annotation does not parse).
 pub fn recorded(sandbox: &Sandbox) -> Option<Vec<CsiMountConfig>> {
-    let raw = sandbox
-        .metadata
-        .annotations
-        .as_ref()?
-        .get(ANNOTATION_CSI_VOLUME_CONFIG)?;
+    let raw = annotation(sandbox, ANNOTATION_CSI_VOLUME_CONFIG)?;
     serde_json::from_str::<Vec<CsiMountConfig>>(raw)
         .ok()
         .filter(|m| !m.is_empty())
@@ -99,141 +113,159 @@ pub async fn resolve(
     cfg: &StorageConfig,
     mounts: &[CsiMountConfig],
 ) -> Result<Vec<ResolvedMount>, CsiError> {
-    let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    let mut out = Vec::with_capacity(mounts.len());
     if mounts.len() > MAX_MOUNTS {
         return Err(bad(format!(
             "at most {MAX_MOUNTS} volume mounts per sandbox, {} asked for",
             mounts.len()
         )));
     }
+    let mut out = Vec::with_capacity(mounts.len());
     for m in mounts {
-        if !crate::names::dns_subdomain(&m.pv_name) {
-            return Err(bad(format!(
-                "{:?} is not a PersistentVolume name (a DNS-1123 subdomain)",
-                m.pv_name
-            )));
-        }
-        let pv = match pvs.get_opt(&m.pv_name).await {
-            Ok(Some(pv)) => pv,
-            Ok(None) => {
-                return Err(bad(format!(
-                    "failed to get persistent volume object by name: {}, err: not found",
-                    m.pv_name
-                )));
-            }
-            Err(e) => {
-                return Err(CsiError::Api(format!(
-                    "failed to get persistent volume object by name: {}, err: {e}",
-                    m.pv_name
-                )));
-            }
-        };
-        let spec = pv.spec.unwrap_or_default();
-        let Some(csi) = spec.csi else {
-            return Err(bad(format!(
-                "no found csi object in persistent volume by name: {}",
-                m.pv_name
-            )));
-        };
-        if !cfg
-            .drivers
-            .iter()
-            .any(|d| d.eq_ignore_ascii_case(&csi.driver))
-        {
-            return Err(bad(format!(
-                "driver {} is not supported in current environment",
-                csi.driver
-            )));
-        }
-        let attributes: HashMap<String, String> = csi
-            .volume_attributes
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        let secrets = match &csi.node_publish_secret_ref {
-            Some(r)
-                if attributes.get("authType").map(String::as_str)
-                    != Some(AUTH_TYPE_AGENT_IDENTITY) =>
-            {
-                let ns = r.namespace.as_deref().filter(|n| !n.is_empty());
-                let ns = ns.unwrap_or(&cfg.system_namespace);
-                if ns != cfg.system_namespace {
-                    return Err(bad(format!(
-                        "invalid node publish secret ref namespace: {ns}, expected: {}",
-                        cfg.system_namespace
-                    )));
-                }
-                let name = r.name.as_deref().unwrap_or_default();
-                let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-                let secret = secrets.get(name).await.map_err(|e| {
-                    let msg = format!("failed to get secret object: {ns}/{name}, err: {e}");
-                    if is_status(&e, 404) {
-                        bad(msg)
-                    } else {
-                        CsiError::Api(msg)
-                    }
-                })?;
-                secret
-                    .data
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-                    .collect()
-            }
-            _ => HashMap::new(),
-        };
-        let modes = spec.access_modes.unwrap_or_default();
-        let read_only_only = modes.iter().any(|a| a == "ReadOnlyMany")
-            && !modes.iter().any(|a| {
-                matches!(
-                    a.as_str(),
-                    "ReadWriteOnce" | "ReadWriteMany" | "ReadWriteOncePod"
-                )
-            });
-        let volume = VolumeSource {
-            pv_name: m.pv_name.clone(),
-            driver: csi.driver.clone(),
-            fs_type: csi.fs_type.unwrap_or_default(),
-            mount_options: spec.mount_options.unwrap_or_default(),
-            read_only_only,
-            volume_attributes: attributes,
-            secrets,
-        };
-        let target = MountTarget {
-            mount_path: m.mount_path.clone(),
-            sub_path: m.sub_path.clone(),
-            read_only: m.read_only.unwrap_or(false),
-        };
-        let request = publish_request(&volume, &target).map_err(bad)?;
-        out.push(ResolvedMount {
-            driver: csi.driver,
-            request,
-        });
+        out.push(resolve_one(client, cfg, m).await?);
     }
     Ok(out)
 }
 
+/// One mount: its PersistentVolume (CSI, an allowed driver), secret and request.
+async fn resolve_one(
+    client: &Client,
+    cfg: &StorageConfig,
+    m: &CsiMountConfig,
+) -> Result<ResolvedMount, CsiError> {
+    if !crate::names::dns_subdomain(&m.pv_name) {
+        return Err(bad(format!(
+            "{:?} is not a PersistentVolume name (a DNS-1123 subdomain)",
+            m.pv_name
+        )));
+    }
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let pv = match pvs.get_opt(&m.pv_name).await {
+        Ok(Some(pv)) => pv,
+        Ok(None) => {
+            return Err(bad(format!(
+                "failed to get persistent volume object by name: {}, err: not found",
+                m.pv_name
+            )));
+        }
+        Err(e) => {
+            return Err(CsiError::Api(format!(
+                "failed to get persistent volume object by name: {}, err: {e}",
+                m.pv_name
+            )));
+        }
+    };
+    let spec = pv.spec.unwrap_or_default();
+    let Some(csi) = spec.csi else {
+        return Err(bad(format!(
+            "no found csi object in persistent volume by name: {}",
+            m.pv_name
+        )));
+    };
+    if !cfg
+        .drivers
+        .iter()
+        .any(|d| d.eq_ignore_ascii_case(&csi.driver))
+    {
+        return Err(bad(format!(
+            "driver {} is not supported in current environment",
+            csi.driver
+        )));
+    }
+    let attributes: HashMap<String, String> = csi
+        .volume_attributes
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let secrets = match &csi.node_publish_secret_ref {
+        Some(r)
+            if attributes.get("authType").map(String::as_str) != Some(AUTH_TYPE_AGENT_IDENTITY) =>
+        {
+            node_publish_secrets(client, cfg, r).await?
+        }
+        _ => HashMap::new(),
+    };
+    let modes = spec.access_modes.unwrap_or_default();
+    let read_only_only = modes.iter().any(|a| a == "ReadOnlyMany")
+        && !modes.iter().any(|a| {
+            matches!(
+                a.as_str(),
+                "ReadWriteOnce" | "ReadWriteMany" | "ReadWriteOncePod"
+            )
+        });
+    let volume = VolumeSource {
+        pv_name: m.pv_name.clone(),
+        driver: csi.driver.clone(),
+        fs_type: csi.fs_type.unwrap_or_default(),
+        mount_options: spec.mount_options.unwrap_or_default(),
+        read_only_only,
+        volume_attributes: attributes,
+        secrets,
+    };
+    let target = MountTarget {
+        mount_path: m.mount_path.clone(),
+        sub_path: m.sub_path.clone(),
+        read_only: m.read_only.unwrap_or(false),
+    };
+    let request = publish_request(&volume, &target).map_err(bad)?;
+    Ok(ResolvedMount {
+        driver: csi.driver,
+        request,
+    })
+}
+
+/// The data of a PV's node-publish secret, which must be in the system namespace.
+async fn node_publish_secrets(
+    client: &Client,
+    cfg: &StorageConfig,
+    r: &SecretReference,
+) -> Result<HashMap<String, String>, CsiError> {
+    let ns = r.namespace.as_deref().filter(|n| !n.is_empty());
+    let ns = ns.unwrap_or(&cfg.system_namespace);
+    if ns != cfg.system_namespace {
+        return Err(bad(format!(
+            "invalid node publish secret ref namespace: {ns}, expected: {}",
+            cfg.system_namespace
+        )));
+    }
+    let name = r.name.as_deref().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = secrets.get(name).await.map_err(|e| {
+        let msg = format!("failed to get secret object: {ns}/{name}, err: {e}");
+        if is_status(&e, 404) {
+            bad(msg)
+        } else {
+            CsiError::Api(msg)
+        }
+    })?;
+    Ok(secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect())
+}
+
 /// Runs the mounts in `sandbox` (through envd, as root); every mount runs, the errors are
-/// joined.
+/// joined. No mounts: nothing to do.
 pub async fn mount_all(
     envd: &EnvdClient,
     cli: &str,
     sandbox: &Sandbox,
     mounts: &[ResolvedMount],
 ) -> Result<(), String> {
-    let info = sandbox.status.as_ref().and_then(|s| s.pod_info.as_ref());
-    let ip: IpAddr = info
-        .and_then(|p| p.pod_ip.as_deref())
+    if mounts.is_empty() {
+        return Ok(());
+    }
+    let ip: IpAddr = pod_ip(sandbox)
         .and_then(|ip| ip.parse().ok())
         .ok_or("the sandbox has no pod IP")?;
-    let pod_uid = info.and_then(|p| p.pod_uid.clone()).unwrap_or_default();
-    let token = sandbox
-        .metadata
-        .annotations
+    let pod_uid = sandbox
+        .status
         .as_ref()
-        .and_then(|a| a.get(ANNOTATION_RUNTIME_ACCESS_TOKEN))
-        .cloned();
+        .and_then(|s| s.pod_info.as_ref())
+        .and_then(|p| p.pod_uid.clone())
+        .unwrap_or_default();
+    let token = annotation(sandbox, ANNOTATION_RUNTIME_ACCESS_TOKEN).map(str::to_string);
     let target = Target::new(ip, token);
     let envs = std::collections::BTreeMap::from([("POD_UID".to_string(), pod_uid)]);
     let slots = tokio::sync::Semaphore::new(MOUNT_CONCURRENCY);

@@ -88,7 +88,7 @@ fn claim_take<'a>(sbx: &Sandbox, claim: &'a SandboxClaim, id: &'a ClaimIdentity)
     if !claim.spec.dynamic_volumes_mount.is_empty() {
         take.annotations.insert(
             ANNOTATION_CSI_VOLUME_CONFIG.into(),
-            serde_json::to_string(&claim.spec.dynamic_volumes_mount).expect("json"),
+            sandbox_api::csi::annotation_value(&claim.spec.dynamic_volumes_mount),
         );
     }
     let updated = json!({

@@ -1,7 +1,7 @@
 //! A small client of a sandbox's runtime (envd / agent-runtime on port 49983), for the
-//! manager's MCP tools and the dynamic CSI mounts of manager and controller: run a command to completion (`process.Process/Start`, a Connect server stream of
-//! 5-byte envelopes), read and write a file (`/files`), list a directory
-//! (`filesystem.Filesystem/ListDir`). Every answer it keeps is bounded: command output and file
+//! manager's MCP tools and the dynamic CSI mounts of manager and controller: run a command to
+//! completion (`process.Process/Start`, a Connect server stream of 5-byte envelopes), read and
+//! write a file (`/files`), list a directory (`filesystem.Filesystem/ListDir`). Every answer it keeps is bounded: command output and file
 //! reads are cut at a limit (and say so), other bodies are refused beyond a limit.
 //!
 //! Wire format: docs/runtime.md and reference/e2b-protocol.md §4.3–4.7.

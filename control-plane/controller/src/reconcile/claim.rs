@@ -228,9 +228,6 @@ impl SandboxStore for KubeClaimStore<'_> {
 
     /// The claim's CSI mounts, through the sandbox's envd.
     async fn mount(&self, sandbox: &Arc<Sandbox>) -> Result<(), String> {
-        if self.mounts.is_empty() {
-            return Ok(());
-        }
         sandbox_api::csi::mount_all(
             &self.ctx.envd,
             &self.ctx.settings.storage.cli,
@@ -406,12 +403,9 @@ async fn claim_mounts(
     if wanted.is_empty() {
         return Ok(Vec::new());
     }
-    let resolved = if opts.init_env.is_none() {
-        Err("init runtime is required when csi mount is specified".to_string())
-    } else {
-        sandbox_api::csi::resolve(&ctx.client, &ctx.settings.storage, wanted)
-            .await
-            .map_err(|e| e.to_string())
+    let resolved = match sandbox_api::csi::require_init(wanted, opts.init_env.is_some()) {
+        Ok(()) => sandbox_api::csi::resolve(&ctx.client, &ctx.settings.storage, wanted).await,
+        Err(e) => Err(e),
     };
     match resolved {
         Ok(r) => Ok(r),

@@ -509,10 +509,7 @@ fn hold_observed_write(
     sbx: &Sandbox,
     status: &sandbox_api::SandboxStatus,
 ) -> Option<Duration> {
-    let claimed = sbx
-        .annotations()
-        .get(ANNOTATION_CLAIM_TIMESTAMP)
-        .and_then(|t| t.parse::<Timestamp>().ok())?;
+    let claimed = sandbox_api::claim::claimed_at(sbx)?;
     let newest = {
         let mut newest = ctx.newest_claim.lock().expect("newest claim");
         let n = newest.map_or(claimed, |n| n.max(claimed));

@@ -376,8 +376,7 @@ fn hold_refill(
     let newest_claim = cached
         .iter()
         .filter(|s| s.labels().get(LABEL_SANDBOX_CLAIMED).map(String::as_str) == Some("true"))
-        .filter_map(|s| s.annotations().get(ANNOTATION_CLAIM_TIMESTAMP))
-        .filter_map(|t| t.parse::<Timestamp>().ok())
+        .filter_map(|s| sandbox_api::claim::claimed_at(s))
         .max();
     let since_claim =
         newest_claim.map(|t| Duration::try_from(now.duration_since(t)).unwrap_or(Duration::ZERO));

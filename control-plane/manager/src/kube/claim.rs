@@ -212,9 +212,6 @@ impl SandboxStore for ManagerStore<'_> {
 
     /// The create's CSI mounts, through the sandbox's envd.
     async fn mount(&self, sandbox: &Arc<Sandbox>) -> Result<(), String> {
-        if self.mounts.resolved.is_empty() {
-            return Ok(());
-        }
         sandbox_api::csi::mount_all(
             self.mounts.envd,
             self.mounts.cli,

@@ -410,17 +410,19 @@ impl KubeBackend {
         if spec.mounts.is_empty() {
             return Ok(Vec::new());
         }
-        if spec.extensions.skip_init_runtime {
-            return Err(BackendError::BadRequest(
-                "init runtime is required when csi mount is specified".into(),
-            ));
-        }
-        sandbox_api::csi::resolve(&self.client, &self.cfg.storage, &spec.mounts)
-            .await
-            .map_err(|e| match e {
-                sandbox_api::csi::CsiError::Invalid(m) => BackendError::BadRequest(m),
-                sandbox_api::csi::CsiError::Api(m) => BackendError::Internal(m),
-            })
+        let resolved = match sandbox_api::csi::require_init(
+            &spec.mounts,
+            !spec.extensions.skip_init_runtime,
+        ) {
+            Ok(()) => {
+                sandbox_api::csi::resolve(&self.client, &self.cfg.storage, &spec.mounts).await
+            }
+            Err(e) => Err(e),
+        };
+        resolved.map_err(|e| match e {
+            sandbox_api::csi::CsiError::Invalid(m) => BackendError::BadRequest(m),
+            sandbox_api::csi::CsiError::Api(m) => BackendError::Internal(m),
+        })
     }
 
     /// The clone-only keys `sandbox-name` (a DNS-1123 label) and `sandbox-generate-name` (a
@@ -606,7 +608,7 @@ impl Backend for KubeBackend {
         if !spec.mounts.is_empty() {
             marks.annotations.insert(
                 ANNOTATION_CSI_VOLUME_CONFIG.into(),
-                serde_json::to_string(&spec.mounts).map_err(internal)?,
+                sandbox_api::csi::annotation_value(&spec.mounts),
             );
         }
         let mut options = self.claim_options(&spec);

@@ -132,8 +132,7 @@ pub fn record_of(s: &Sandbox, now: Timestamp) -> Option<SandboxRecord> {
     let phase = s.status.as_ref().and_then(|st| st.known_phase());
     let paused = s.spec.paused || phase == Some(SandboxPhase::Paused);
     let (label_keys, ann_keys) = claimed_keys(s);
-    let started_at = ann(s, ANNOTATION_CLAIM_TIMESTAMP)
-        .and_then(|t| t.parse::<Timestamp>().ok())
+    let started_at = sandbox_api::claim::claimed_at(s)
         .or_else(|| s.metadata.creation_timestamp.as_ref().map(to_jiff))
         .unwrap_or(Timestamp::UNIX_EPOCH);
     let pause_time = s.spec.pause_time.as_ref().map(to_jiff);
