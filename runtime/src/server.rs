@@ -29,6 +29,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Files and directories get the usual 0644/0755 whatever umask the launcher had.
     crate::sys::set_umask(0o022);
     let state = AppState::new(&config).map_err(|e| anyhow::anyhow!(e))?;
+    // The handlers are in place before anything listens: a SIGTERM that comes as soon as the
+    // port answers is a clean shutdown, not the default action (killed by the signal).
+    let signals = termination_signals()?;
     let mut listeners = Vec::new();
     for addr in &config.listen {
         let l = TcpListener::bind(addr)
@@ -40,7 +43,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            wait_for_signal(signals).await;
             shutdown.cancel();
         });
     }
@@ -66,15 +69,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+/// SIGTERM and SIGINT, handled from now on.
+fn termination_signals() -> anyhow::Result<Signals> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
+    Ok((
+        signal(SignalKind::terminate()).context("install the SIGTERM handler")?,
+        signal(SignalKind::interrupt()).context("install the SIGINT handler")?,
+    ))
+}
+
+async fn wait_for_signal((mut term, mut int): Signals) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
         _ = int.recv() => tracing::info!("SIGINT received, shutting down"),

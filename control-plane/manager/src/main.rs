@@ -102,15 +102,18 @@ async fn kube_backend(
     Ok(backend)
 }
 
-async fn wait_for_signal() {
+type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+/// SIGTERM and SIGINT, handled from now on.
+fn termination_signals() -> anyhow::Result<Signals> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
+    Ok((
+        signal(SignalKind::terminate()).context("install the SIGTERM handler")?,
+        signal(SignalKind::interrupt()).context("install the SIGINT handler")?,
+    ))
+}
+
+async fn wait_for_signal((mut term, mut int): Signals) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
         _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
@@ -198,6 +201,9 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         idempotency: Arc::new(Idempotency::default()),
     };
+    // The handlers are in place before anything listens: a SIGTERM that comes as soon as the
+    // port answers is a clean shutdown, not the default action (killed, sandboxes left behind).
+    let signals = termination_signals()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
@@ -212,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            wait_for_signal(signals).await;
             shutdown.cancel();
         });
     }
